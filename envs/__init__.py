@@ -1,0 +1,1 @@
+"""Gymnasium environments of haq (installed as ``haq.envs``)."""

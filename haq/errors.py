@@ -1,0 +1,50 @@
+"""The one small error hierarchy of haq.
+
+Every error a user can cause derives from :class:`HaqError`. Its message is one line that
+says what was expected, what was received and how to fix it; the CLI prints exactly that
+line and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class HaqError(Exception):
+    """Base of every user-facing error: one actionable line, CLI exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(HaqError):
+    """An argument, option or config value is malformed or out of range."""
+
+
+class UnknownNameError(HaqError):
+    """A registry lookup failed (model, data, hardware, method, calibrator, layer)."""
+
+
+class PolicyError(HaqError):
+    """A policy file or shorthand is malformed or does not fit the model or hardware."""
+
+
+class BudgetError(HaqError):
+    """A budget is malformed, uses an unknown key, or cannot be met."""
+
+
+class HardwareError(HaqError):
+    """A hardware model cannot cost a layer or bit pair, or a profile is malformed."""
+
+
+class DataError(HaqError):
+    """A data set is missing, empty, unreadable or of the wrong shape."""
+
+
+class ModelError(HaqError):
+    """A model cannot be built or its weights do not fit it."""
+
+
+class SearchError(HaqError):
+    """A search cannot start or had to stop (NaN accuracy, evaluation limit too low)."""
+
+
+class RunDirError(HaqError):
+    """A run directory is locked, from another configuration, or its checkpoint is unusable."""

@@ -1,0 +1,142 @@
+"""The hardware-model protocol and the per-model cost table every searcher consumes.
+
+A hardware model answers one question once per network: what does each layer cost at
+each (weight bits, activation bits) pair? The answer is a :class:`CostTable`, and the cost
+of any policy is then a gather and a sum (microseconds), so searchers can ask it millions
+of times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from haq.bits import ALL_BITS, NUM_SLOTS, slots
+from haq.errors import HardwareError, PolicyError
+from haq.layers import LayerSpec
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Latency and energy of every layer at every bit pair, for one model on one hardware.
+
+    ``latency_ms[l, slot(w), slot(a)]`` is the time in milliseconds of layer ``l`` for one
+    batch of ``batch`` images; ``energy_mj`` likewise in millijoules, or ``None`` when the
+    hardware model has no energy (measured latency profiles). Entries the hardware cannot
+    run are NaN. Shapes: ``(L, NUM_SLOTS, NUM_SLOTS)``; see :mod:`haq.bits` for slots.
+    """
+
+    hardware: str
+    layer_names: tuple[str, ...]
+    latency_ms: np.ndarray
+    energy_mj: np.ndarray | None
+    batch: int
+    _rows: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.layer_names)
+        for what, arr in (("latency_ms", self.latency_ms), ("energy_mj", self.energy_mj)):
+            if arr is not None and arr.shape != (n, NUM_SLOTS, NUM_SLOTS):
+                raise HardwareError(
+                    f"{self.hardware}: {what} table has shape {arr.shape}, expected {(n, NUM_SLOTS, NUM_SLOTS)}"
+                )
+        object.__setattr__(self, "_rows", np.arange(n))
+
+    def __len__(self) -> int:
+        return len(self.layer_names)
+
+    def per_layer(self, w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-layer latency (ms) and energy (mJ or None) of one policy, shape ``(L,)``."""
+        sw, sa = slots(w_bits), slots(a_bits)
+        lat = self.latency_ms[self._rows, sw, sa]
+        en = None if self.energy_mj is None else self.energy_mj[self._rows, sw, sa]
+        return lat, en
+
+    def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[float, float | None]:
+        """Whole-model latency (ms) and energy (mJ or None) of one policy: the hot path."""
+        sw, sa = slots(w_bits), slots(a_bits)
+        lat = float(self.latency_ms[self._rows, sw, sa].sum())
+        en = None if self.energy_mj is None else float(self.energy_mj[self._rows, sw, sa].sum())
+        return lat, en
+
+
+@runtime_checkable
+class HardwareModel(Protocol):
+    """What the searchers and the CLI see of a hardware target.
+
+    Attributes:
+        name: registry name (``bitfusion``, ``cpu``, ``table:/path.csv``).
+        summary: one line for ``haq list hardware``.
+        description: units, constants and the files or papers they come from.
+        float_fallback: whether a layer may be left in float (bits 32) on this hardware.
+    """
+
+    name: str
+    summary: str
+    description: str
+    float_fallback: bool
+
+    def supported_bits(self, kind: str) -> tuple[int, ...]:
+        """Bitwidths this hardware runs for a layer kind (conv, depthwise, linear), ascending.
+
+        The same set applies to weights and activations; it includes 32 when
+        ``float_fallback`` is true.
+        """
+        ...
+
+    def cost_table(self, layers: Sequence[LayerSpec], batch: int | None = None) -> CostTable:
+        """Cost of every layer at every supported bit pair; ``batch=None`` = the model's own."""
+        ...
+
+
+def check_policy_bits(
+    hw: HardwareModel, layers: Sequence[LayerSpec], w_bits: Sequence[int], a_bits: Sequence[int]
+) -> None:
+    """Raise a one-line :class:`PolicyError` for the first bitwidth ``hw`` cannot run."""
+    for layer, w, a in zip(layers, w_bits, a_bits):
+        allowed = hw.supported_bits(layer.kind)
+        for what, b in (("w_bits", w), ("a_bits", a)):
+            if int(b) not in allowed:
+                up = round_up_bits(int(b), allowed)
+                fix = f" - use --round-up to map to {up}" if up is not None and up != int(b) else ""
+                raise PolicyError(
+                    f"{hw.name} runs {_or_list(allowed)} bits for {layer.kind} layers; got {what}={b} "
+                    f"for layer {layer.name}{fix}"
+                )
+
+
+def round_up_bits(bits: int, allowed: Sequence[int]) -> int | None:
+    """The smallest allowed bitwidth >= ``bits`` (None if there is none)."""
+    ups = [b for b in sorted(allowed) if b >= bits]
+    return ups[0] if ups else None
+
+
+def snap_bits(bits: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
+    """Round every entry of ``bits`` up to the next allowed bitwidth (down to the max if none)."""
+    allowed_arr = np.asarray(sorted(allowed))
+    idx = np.searchsorted(allowed_arr, np.asarray(bits), side="left")
+    return allowed_arr[np.minimum(idx, len(allowed_arr) - 1)]
+
+
+def _or_list(bits: Sequence[int]) -> str:
+    b = [str(x) for x in bits]
+    return b[0] if len(b) == 1 else ", ".join(b[:-1]) + " or " + b[-1]
+
+
+def empty_table(n_layers: int) -> np.ndarray:
+    """A ``(L, NUM_SLOTS, NUM_SLOTS)`` table of NaN, to be filled at supported bit pairs."""
+    return np.full((n_layers, NUM_SLOTS, NUM_SLOTS), np.nan)
+
+
+__all__ = [
+    "ALL_BITS",
+    "CostTable",
+    "HardwareModel",
+    "check_policy_bits",
+    "empty_table",
+    "round_up_bits",
+    "snap_bits",
+]
