@@ -1,0 +1,331 @@
+"""What every search method shares: the problem it is given and the result it returns.
+
+Fairness between methods is enforced here, not by convention: a method can only measure
+accuracy through :meth:`SearchProblem.evaluate`, which counts the evaluation, stops the
+method at ``max_evaluations``, costs the policy on the hardware, checks the budget, writes
+the history row and tracks the best feasible policy. :func:`run_method` then re-measures
+that policy on the test split (never seen by the search) and packs a :class:`SearchResult`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from haq.budget import Cost, CostModel, ResolvedBudget
+from haq.errors import SearchError
+from haq.layers import LayerSpec
+from haq.policy import Policy
+from haq.quant.scheme import QuantScheme
+from haq.simulators.base import HardwareModel
+
+HISTORY_COLUMNS = [
+    "trial", "method", "wall_s", "w_bits", "a_bits", "accuracy",
+    "latency_ms", "energy_mj", "size_mib", "bops_g", "feasible", "reward",
+]
+
+
+class Evaluates(Protocol):
+    """The part of :class:`haq.quant.Evaluator` a searcher may use."""
+
+    scheme: QuantScheme
+
+    def evaluate(self, w_bits: np.ndarray, a_bits: np.ndarray, split: str = "val") -> float:
+        """Top-1 accuracy in [0, 1] of the fake-quantized model on ``split``."""
+        ...
+
+    def fp32_accuracy(self, split: str = "val") -> float: ...
+
+
+class EvaluationLimitReached(Exception):
+    """Raised inside a method when it asks for one evaluation more than allowed (control flow)."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One measured policy. ``accuracy`` is on the validation split, in [0, 1]."""
+
+    index: int
+    w_bits: np.ndarray
+    a_bits: np.ndarray
+    accuracy: float
+    cost: Cost
+    feasible: bool
+    reward: float | None
+    wall_s: float
+
+
+def bits_str(bits: Sequence[int]) -> str:
+    """Bits as the space-separated string of history.csv (layer order)."""
+    return " ".join(str(int(b)) for b in bits)
+
+
+def parse_bits_str(text: str) -> np.ndarray:
+    return np.array([int(t) for t in str(text).split()], dtype=np.int64)
+
+
+@dataclass
+class SearchProblem:
+    """One mixed-precision search problem, identical for every method.
+
+    Attributes:
+        model_name: registry name or description of the model (goes into policy.json).
+        layers: the quantizable layers, execution order.
+        evaluator: measures accuracy of a bit assignment.
+        hardware: the hardware model (for its name and supported bits).
+        costs: latency/energy/size/BOPs of any bit assignment.
+        budget: absolute limits every returned policy must meet.
+        choices: per layer, the bitwidths a method may give it (weights and activations).
+        pinned: indices of layers fixed at ``pinned_bits`` (first/last by default).
+        seed: the one seed every random choice derives from.
+        max_evaluations: accuracy measurements allowed (the fairness unit of haq compare).
+        recorder: receives each history row (a run directory's history.csv), or None.
+        on_trial: progress callback, called after every evaluation.
+        replay: accuracies of policies measured before a resume, keyed by bits; a
+            deterministic method re-run after a crash gets them back without re-measuring.
+    """
+
+    model_name: str
+    layers: Sequence[LayerSpec]
+    evaluator: Evaluates
+    hardware: HardwareModel
+    costs: CostModel
+    budget: ResolvedBudget
+    choices: tuple[tuple[int, ...], ...]
+    pinned: tuple[int, ...] = ()
+    pinned_bits: int = 8
+    seed: int = 0
+    max_evaluations: int = 300
+    recorder: Callable[[dict[str, Any]], None] | None = None
+    on_trial: Callable[[Trial], None] | None = None
+    replay: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    method: str = ""
+    trials: list[Trial] = field(default_factory=list)
+    _start: float = field(default_factory=time.perf_counter)
+    _fp32: dict[str, float] = field(default_factory=dict)
+
+    # ----- what methods use --------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.trials)
+
+    @property
+    def remaining(self) -> int:
+        return self.max_evaluations - len(self.trials)
+
+    @property
+    def best(self) -> Trial | None:
+        """Best feasible trial so far: highest accuracy, then lowest primary cost."""
+        feasible = [t for t in self.trials if t.feasible]
+        if not feasible:
+            return None
+        key = self.budget.primary
+        return max(feasible, key=lambda t: (t.accuracy, -(t.cost.get(key) or 0.0)))
+
+    def fp32_accuracy(self, split: str = "val") -> float:
+        if split not in self._fp32:
+            self._fp32[split] = self.evaluator.fp32_accuracy(split)
+        return self._fp32[split]
+
+    def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> Cost:
+        return self.costs.cost(w_bits, a_bits)
+
+    def feasible(self, w_bits: np.ndarray, a_bits: np.ndarray) -> bool:
+        return self.budget.satisfied(self.costs.cost(w_bits, a_bits))
+
+    def max_policy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every layer at its highest choice (pinned layers at ``pinned_bits``)."""
+        hi = np.array([max(c) for c in self.choices], dtype=np.int64)
+        for i in self.pinned:
+            hi[i] = self.pinned_bits if self.pinned_bits in self.choices[i] else max(self.choices[i])
+        return hi, hi.copy()
+
+    def evaluate(self, w_bits: Sequence[int], a_bits: Sequence[int], reward: float | None = None) -> Trial:
+        """Measure one policy on the validation split; the only way a method sees accuracy.
+
+        Raises :class:`EvaluationLimitReached` when the limit is spent and
+        :class:`SearchError` on a NaN/Inf accuracy (the run directory is kept).
+        """
+        if len(self.trials) >= self.max_evaluations:
+            raise EvaluationLimitReached
+        w = np.asarray(w_bits, dtype=np.int64).copy()
+        a = np.asarray(a_bits, dtype=np.int64).copy()
+        index = len(self.trials)
+        cost = self.costs.cost(w, a)
+        key = (bits_str(w), bits_str(a))
+        cached = self.replay.get(key)
+        if cached is not None and int(cached["trial"]) == index:
+            acc, wall = float(cached["accuracy"]), float(cached["wall_s"])
+        else:
+            acc = float(self.evaluator.evaluate(w, a, "val"))
+            wall = time.perf_counter() - self._start
+        if not math.isfinite(acc):
+            raise SearchError(
+                f"trial {index} ({self.method}) measured a non-finite accuracy ({acc}); the run directory is kept - "
+                "check the model and data for NaN/Inf (e.g. a checkpoint trained with a diverged loss)"
+            )
+        trial = Trial(index, w, a, acc, cost, self.budget.satisfied(cost), reward, wall)
+        self.trials.append(trial)
+        if self.recorder is not None and cached is None:
+            self.recorder(self.history_row(trial))
+        if self.on_trial is not None:
+            self.on_trial(trial)
+        return trial
+
+    def history_row(self, t: Trial) -> dict[str, Any]:
+        return {
+            "trial": t.index,
+            "method": self.method,
+            "wall_s": round(t.wall_s, 4),
+            "w_bits": bits_str(t.w_bits),
+            "a_bits": bits_str(t.a_bits),
+            "accuracy": t.accuracy,
+            "latency_ms": t.cost.latency_ms,
+            "energy_mj": t.cost.energy_mj,
+            "size_mib": t.cost.size_mib,
+            "bops_g": t.cost.bops_g,
+            "feasible": t.feasible,
+            "reward": t.reward,
+        }
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame([self.history_row(t) for t in self.trials], columns=HISTORY_COLUMNS)
+
+
+@dataclass
+class SearchResult:
+    """What every method returns (design §7).
+
+    ``best_policy.metrics`` holds the *test*-split accuracy (``accuracy``), the validation
+    accuracy the search saw (``val_accuracy``), fp32 test accuracy and every cost.
+    """
+
+    method: str
+    best_policy: Policy
+    history: pd.DataFrame
+    pareto: pd.DataFrame
+    evaluations: int
+    wall_s: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered search method.
+
+    ``run(problem, options)`` proposes policies and measures them with
+    ``problem.evaluate`` until done or :class:`EvaluationLimitReached`; it may return a dict
+    of extras (e.g. HAWQ's traces). ``options`` is an instance of ``options_type`` (a
+    dataclass; ``haq.search(..., **kwargs)`` builds it). ``min_evaluations(problem)`` is the
+    fewest evaluations the method needs to return anything.
+    """
+
+    name: str
+    summary: str
+    run: Callable[[SearchProblem, Any], dict[str, Any] | None]
+    options_type: type
+    min_evaluations: Callable[[SearchProblem], int] = lambda problem: 1
+    budget_keys: tuple[str, ...] = ("latency", "energy", "size", "bops")
+
+
+def pareto_mask(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """True where no other point has lower-or-equal cost and higher-or-equal accuracy
+    (strictly better in one). ``cost`` and ``accuracy`` have shape ``(n,)``."""
+    n = len(cost)
+    order = np.lexsort((-accuracy, cost))  # by cost, then best accuracy first
+    mask = np.zeros(n, dtype=bool)
+    best = -np.inf
+    for i in order:
+        if accuracy[i] > best:
+            mask[i] = True
+            best = accuracy[i]
+    return mask
+
+
+def pareto_front(history: pd.DataFrame, cost_key: str) -> pd.DataFrame:
+    """The accuracy-vs-``cost_key`` front of a history DataFrame, sorted by cost."""
+    from haq.budget import COST_FIELDS
+
+    col = COST_FIELDS[cost_key]
+    h = history.dropna(subset=[col, "accuracy"])
+    if h.empty:
+        return h.copy()
+    h = h.drop_duplicates(subset=["w_bits", "a_bits"])
+    mask = pareto_mask(h[col].to_numpy(float), h["accuracy"].to_numpy(float))
+    return h[mask].sort_values(col).reset_index(drop=True)
+
+
+def run_method(problem: SearchProblem, spec: MethodSpec, options: Any) -> SearchResult:
+    """Run one method on ``problem`` and pack its result (best policy re-measured on test)."""
+    need = spec.min_evaluations(problem)
+    if problem.max_evaluations < need:
+        raise SearchError(
+            f"--max-evaluations {problem.max_evaluations} is too few for {spec.name}: it needs at least {need} "
+            "to produce a policy"
+        )
+    bad = [k for k in problem.budget.budget.keys if k not in spec.budget_keys]
+    if bad:
+        raise SearchError(
+            f"method {spec.name} cannot express a {bad[0]} budget; it handles {', '.join(spec.budget_keys)}"
+        )
+    problem.method = spec.name
+    problem._start = time.perf_counter()
+    extras: dict[str, Any] = {}
+    try:
+        extras = spec.run(problem, options) or {}
+    except EvaluationLimitReached:
+        pass
+    wall = time.perf_counter() - problem._start
+    best = problem.best
+    if best is None:
+        raise SearchError(
+            f"{spec.name} found no policy within the budget {problem.budget.budget} in {problem.evaluations} "
+            "evaluations; raise --max-evaluations or the budget"
+        )
+    policy = finalize_policy(problem, best.w_bits, best.a_bits, {"method": spec.name, "evaluations": problem.evaluations})
+    history = problem.history()
+    return SearchResult(
+        method=spec.name,
+        best_policy=policy,
+        history=history,
+        pareto=pareto_front(history, problem.budget.primary),
+        evaluations=problem.evaluations,
+        wall_s=wall,
+        extras=extras,
+    )
+
+
+def finalize_policy(
+    problem: SearchProblem, w_bits: np.ndarray, a_bits: np.ndarray, search_meta: dict[str, Any]
+) -> Policy:
+    """A :class:`Policy` with test-split accuracy and every cost (not counted as an evaluation)."""
+    cost = problem.cost(w_bits, a_bits)
+    val = next((t.accuracy for t in reversed(problem.trials)
+                if np.array_equal(t.w_bits, w_bits) and np.array_equal(t.a_bits, a_bits)), None)
+    metrics: dict[str, float | None] = {
+        "accuracy": float(problem.evaluator.evaluate(np.asarray(w_bits), np.asarray(a_bits), "test")),
+        "val_accuracy": val,
+        "fp32_accuracy": problem.fp32_accuracy("test"),
+        **cost.to_dict(),
+    }
+    meta = {"budget": problem.budget.budget.to_dict(), "seed": problem.seed, **search_meta}
+    return Policy.from_bits(
+        problem.layers,
+        w_bits,
+        a_bits,
+        model=problem.model_name,
+        hardware=problem.hardware.name,
+        quant=problem.evaluator.scheme,
+        metrics=metrics,
+        search=meta,
+    )
