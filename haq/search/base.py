@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -89,6 +90,8 @@ class SearchProblem:
         on_trial: progress callback, called after every evaluation.
         replay: accuracies of policies measured before a resume, keyed by bits; a
             deterministic method re-run after a crash gets them back without re-measuring.
+        run_dir: the run directory, where a method keeps its ``checkpoint/`` (None: no
+            checkpointing).
     """
 
     model_name: str
@@ -105,6 +108,7 @@ class SearchProblem:
     recorder: Callable[[dict[str, Any]], None] | None = None
     on_trial: Callable[[Trial], None] | None = None
     replay: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    run_dir: Path | None = None
     method: str = ""
     trials: list[Trial] = field(default_factory=list)
     _start: float = field(default_factory=time.perf_counter)
@@ -176,7 +180,7 @@ class SearchProblem:
             )
         trial = Trial(index, w, a, acc, cost, self.budget.satisfied(cost), reward, wall)
         self.trials.append(trial)
-        if self.recorder is not None and cached is None:
+        if self.recorder is not None:
             self.recorder(self.history_row(trial))
         if self.on_trial is not None:
             self.on_trial(trial)
@@ -235,6 +239,7 @@ class MethodSpec:
     run: Callable[[SearchProblem, Any], dict[str, Any] | None]
     options_type: type
     min_evaluations: Callable[[SearchProblem], int] = lambda problem: 1
+    default_evaluations: int = 300
     budget_keys: tuple[str, ...] = ("latency", "energy", "size", "bops")
 
 
