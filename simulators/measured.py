@@ -1,0 +1,254 @@
+"""Measured hardware models: a user's profile table, this CPU, and the H100 reference table.
+
+| name | source of every number | bits |
+|---|---|---|
+| ``table:PATH`` | the CSV at PATH (:mod:`haq.simulators.profile_csv` format, or the GPU reference format) | the bit pairs the table has |
+| ``cpu`` | this machine, timed per layer shape on first use and cached (:mod:`haq.simulators.profiling`) | 8, 32 |
+| ``gpu-h100`` | ``profiles/h100_layer_latency.csv`` (one H100, ``shared/reference/measure_h100.py``); a fitted roofline for shapes it lacks | 8, 16, 32 (depthwise 16, 32) |
+
+None of them models energy: their cost tables have ``energy_mj=None`` (a user table with an
+``energy_mj`` column is the exception). Measured latencies are not monotone in bits (on the
+H100, ``torch._int_mm`` at batch 1 is slower than fp16): a measured table is what was
+measured, nothing is smoothed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from haq.simulators import register_hardware
+from haq.simulators.base import CostTable, empty_table
+from haq.simulators.gpu_reference import ReferenceGpuHardware, is_gpu_reference_format
+from haq.simulators.profile_csv import (
+    GEOMETRY_COLUMNS,
+    Profile,
+    bit_pairs,
+    layer_label,
+    read_profile,
+    row_key,
+    shape_key,
+    write_profile,
+)
+
+from haq.bits import slot
+from haq.cache import cache_dir, content_key
+from haq.errors import HardwareError
+from haq.layers import LayerSpec
+
+# --------------------------------------------------------------------------- table:PATH
+
+
+class TableHardware:
+    """A hardware model that is a lookup table: ``get_hardware("table:PATH")``.
+
+    Supported bits are those the table has, per layer kind; every bit pair the table has
+    for a kind must be there for every layer of that kind, otherwise :meth:`cost_table`
+    names the missing layer and pair. Pairs the table never has are NaN in the cost table.
+    """
+
+    float_fallback: bool
+
+    def __init__(self, profile: Profile, name: str | None = None, summary: str | None = None) -> None:
+        self.profile = profile
+        self.name = name or f"table:{profile.source}"
+        self.summary = summary or f"measured profile {profile.source}"
+        self.description = profile.description or f"profile read from {profile.source}"
+        rows = profile.rows
+        self._pairs: dict[str, tuple[tuple[int, int], ...]] = {
+            kind: tuple(bit_pairs(sub)) for kind, sub in rows.groupby("kind")
+        }
+        self._all_bits = tuple(sorted({b for pairs in self._pairs.values() for p in pairs for b in p}))
+        self.float_fallback = 32 in self._all_bits
+        self._batches = tuple(sorted(int(b) for b in rows["batch"].unique()))
+        self._latency: dict[tuple, dict[tuple[int, int], float]] = {}
+        self._energy: dict[tuple, dict[tuple[int, int], float]] = {}
+        for rec in rows.to_dict("records"):
+            key = row_key(rec, profile.keyed_by, profile.geometry)
+            pair = (int(rec["w_bits"]), int(rec["a_bits"]))
+            self._latency.setdefault(key, {})[pair] = float(rec["latency_ms"])
+            if profile.has_energy:
+                self._energy.setdefault(key, {})[pair] = float(rec["energy_mj"])
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> TableHardware:
+        """Read a profile CSV (or a GPU reference-format CSV, see :class:`ReferenceGpuHardware`)."""
+        if is_gpu_reference_format(path):
+            return ReferenceGpuHardware(path, name=f"table:{path}")
+        return cls(read_profile(path))
+
+    def supported_bits(self, kind: str) -> tuple[int, ...]:
+        pairs = self._pairs.get(kind)
+        if not pairs:
+            return self._all_bits
+        return tuple(sorted({b for p in pairs for b in p}))
+
+    def bit_pairs(self, kind: str) -> tuple[tuple[int, int], ...]:
+        """The (w_bits, a_bits) pairs the table has for layers of ``kind``."""
+        return self._pairs.get(kind, ())
+
+    def resolve_batch(self, batch: int | None) -> int:
+        if batch is not None:
+            return int(batch)
+        if 1 in self._batches or len(self._batches) == 1:
+            return 1 if 1 in self._batches else self._batches[0]
+        raise HardwareError(
+            f"{self.name} has batches {', '.join(map(str, self._batches))}; pass --batch to choose one"
+        )
+
+    def _key(self, layer: LayerSpec, batch: int) -> tuple:
+        if self.profile.keyed_by == "layer":
+            return (layer.name, batch)
+        return shape_key(layer, batch, self.profile.geometry)
+
+    def cost_table(self, layers: Sequence[LayerSpec], batch: int | None = None) -> CostTable:
+        batch = self.resolve_batch(batch)
+        lat = empty_table(len(layers))
+        en = empty_table(len(layers)) if self.profile.has_energy else None
+        for i, layer in enumerate(layers):
+            key = self._key(layer, batch)
+            measured = self._latency.get(key)
+            if measured is None:
+                raise HardwareError(
+                    f"{self.name}: no row for {layer_label(layer, batch)}{self._key_hint(layer, batch)}; "
+                    "add its rows or measure this model with `haq profile`"
+                )
+            for w, a in self._pairs.get(layer.kind, ()):
+                if (w, a) not in measured:
+                    raise HardwareError(
+                        f"{self.name}: no row for {layer_label(layer, batch)} at w_bits={w} a_bits={a} "
+                        f"(other {layer.kind} layers have it); add the row or drop that pair from the table"
+                    )
+                lat[i, slot(w), slot(a)] = measured[(w, a)]
+                if en is not None:
+                    en[i, slot(w), slot(a)] = self._energy[key][(w, a)]
+        return CostTable(self.name, tuple(x.name for x in layers), lat, en, batch)
+
+    def _key_hint(self, layer: LayerSpec, batch: int) -> str:
+        if self.profile.keyed_by == "layer":
+            return f" (the table is keyed by layer name; batches {', '.join(map(str, self._batches))})"
+        if batch not in self._batches:
+            return f" (the table has batches {', '.join(map(str, self._batches))})"
+        if self.profile.geometry:
+            geo = dict(zip(GEOMETRY_COLUMNS, shape_key(layer, batch, True)[6:], strict=True))
+            return " with " + " ".join(f"{k}={v}" for k, v in geo.items())
+        return ""
+
+
+# --------------------------------------------------------------------------- cpu
+
+
+def cpu_model_name() -> str:
+    """The CPU model string of this machine (``model name`` in /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+class CpuProfileHardware:
+    """``cpu``: real fp32 and int8 kernels of this machine, timed per layer shape.
+
+    :meth:`cost_table` looks up the cached profile of this machine (key: CPU model string,
+    torch version, thread count, batch, measurement method) and measures the layer shapes it
+    lacks, so the first call for a new model profiles it (seconds) and later calls are a
+    read. How each bit pair is timed, and why, is in :mod:`haq.simulators.profiling`.
+
+    Args:
+        threads: intra-op threads the layers run with (``None``: torch's current setting).
+        repeats: timed runs per layer shape and bit pair (the median is kept).
+        warmup: untimed runs before timing.
+        progress: ``progress(done, total, layer_name)`` while measuring, for a CLI bar.
+    """
+
+    name = "cpu"
+    summary = "this CPU: fp32 and int8 (fbgemm) kernels timed per layer shape, cached"
+    float_fallback = True
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        repeats: int = 30,
+        warmup: int = 3,
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> None:
+        from haq.simulators import profiling
+
+        self.threads = int(threads or torch.get_num_threads())
+        self.repeats = repeats
+        self.warmup = warmup
+        self.progress = progress
+        self.measured_shapes = 0  #: layer shapes this instance has timed (cache misses)
+        self.description = profiling.CPU_METHOD_DOC
+
+    def supported_bits(self, kind: str) -> tuple[int, ...]:
+        return (8, 32)
+
+    def machine_key(self, batch: int) -> dict:
+        from haq.simulators.profiling import CPU_METHOD_VERSION
+
+        return {
+            "cpu": cpu_model_name(),
+            "torch": torch.__version__,
+            "threads": self.threads,
+            "batch": int(batch),
+            "method": CPU_METHOD_VERSION,
+        }
+
+    def profile_path(self, batch: int = 1) -> Path:
+        """The cached profile CSV of this machine at ``batch`` (may not exist yet)."""
+        return cache_dir("profiles") / f"cpu-{content_key(self.machine_key(batch))}.csv"
+
+    def machine_description(self, batch: int) -> str:
+        k = self.machine_key(batch)
+        return (
+            f"cpu: {k['cpu']}, {k['threads']} thread(s), torch {k['torch']}, "
+            f"quantized engine x86 (fbgemm), batch {k['batch']}, method {k['method']}\n"
+            "measured by haq profile: median of timed runs in execution order, see haq.simulators.profiling"
+        )
+
+    def cost_table(self, layers: Sequence[LayerSpec], batch: int | None = None) -> CostTable:
+        from haq.simulators.profiling import profile_cpu
+
+        batch = int(batch or 1)
+        path = self.profile_path(batch)
+        cached = read_profile(path).rows if path.exists() else None
+        known = set() if cached is None else {row_key(r, "shape", True) for r in cached.to_dict("records")}
+        missing, seen = [], set()
+        for layer in layers:
+            key = shape_key(layer, batch, True)
+            if key not in known and key not in seen:
+                seen.add(key)
+                missing.append(layer)
+        if missing:
+            new = profile_cpu(
+                layers, batch=batch, repeats=self.repeats, warmup=self.warmup,
+                threads=self.threads, progress=self.progress, only=missing,
+            )  # fmt: skip
+            self.measured_shapes += len(missing)
+            cached = new if cached is None else pd.concat([cached, new], ignore_index=True)
+            write_profile(cached, path, self.machine_description(batch))
+        table = TableHardware(read_profile(path), name=self.name, summary=self.summary)
+        return table.cost_table(layers, batch)
+
+
+@register_hardware("cpu", CpuProfileHardware.summary)
+def _cpu() -> CpuProfileHardware:
+    return CpuProfileHardware()
+
+
+# --------------------------------------------------------------------------- gpu-h100
+
+
+@register_hardware(
+    "gpu-h100", "NVIDIA H100 reference table (fp32/fp16/int8 GEMMs per layer shape) + fitted roofline"
+)
+def _gpu_h100() -> ReferenceGpuHardware:
+    return ReferenceGpuHardware()
