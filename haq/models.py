@@ -58,12 +58,17 @@ def load_model(
     weights: str | Path | None = None,
     num_classes: int | None = None,
     input_size: int | None = None,
+    trained: bool = True,
 ) -> LoadedModel:
-    """Build model ``name`` (see module docstring); ``input_size`` overrides H = W."""
-    if name in EMBEDDED:
-        from haq.digits_models import load_digits_model
+    """Build model ``name`` (see module docstring); ``input_size`` overrides H = W.
 
-        module = load_digits_model(name)
+    ``trained=False`` skips training/loading the embedded models' weights: enough for
+    anything that needs only layer shapes (``haq cost``).
+    """
+    if name in EMBEDDED:
+        from haq.digits_models import ARCHITECTURES, load_digits_model
+
+        module = load_digits_model(name) if trained else ARCHITECTURES[name]()
         shape, data = (1, 8, 8), "digits"
     elif ":" in name:
         module = _user_factory(name)

@@ -220,6 +220,7 @@ class SearchResult:
     pareto: pd.DataFrame
     evaluations: int
     wall_s: float
+    per_layer: pd.DataFrame = field(default_factory=pd.DataFrame)  #: the best policy's cost per layer
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -306,8 +307,26 @@ def run_method(problem: SearchProblem, spec: MethodSpec, options: Any) -> Search
         pareto=pareto_front(history, problem.budget.primary),
         evaluations=problem.evaluations,
         wall_s=wall,
+        per_layer=per_layer_costs(problem, best.w_bits, best.a_bits),
         extras=extras,
     )
+
+
+def per_layer_costs(problem: SearchProblem, w_bits: np.ndarray, a_bits: np.ndarray) -> pd.DataFrame:
+    """One row per layer: bits, latency (ms), energy (mJ), size (MiB), BOPs (G)."""
+    table = problem.costs.table
+    lat, en = table.per_layer(w_bits, a_bits) if table is not None else (None, None)
+    rows = []
+    for i, s in enumerate(problem.layers):
+        w, a = int(w_bits[i]), int(a_bits[i])
+        rows.append({
+            "layer": s.name, "kind": s.kind, "w_bits": w, "a_bits": a,
+            "latency_ms": None if lat is None else float(lat[i]),
+            "energy_mj": None if en is None else float(en[i]),
+            "size_mib": (s.params * w / 8 + 4 * s.bias_params) / 2**20,
+            "bops_g": s.macs * w * a / 1e9,
+        })
+    return pd.DataFrame(rows)
 
 
 def finalize_policy(

@@ -1,0 +1,312 @@
+"""The `haq` command: thin - parse, call the library, print.
+
+Every user mistake surfaces as one line on stderr and exit code 2 (see :func:`main`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Hardware-aware mixed-precision quantization search (HAQ, HAWQ-V3, HAGO, Quantune, baselines).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ----- shared options ------------------------------------------------------------------------
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="digits-mobilenet, digits-resnet, a torchvision name, or pkg.module:factory")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="state-dict file (loaded with weights_only=True)")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="digits or imagefolder:PATH (default: the model's own)")]
+InputSizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="image height = width in pixels")]
+HardwareOpt = Annotated[str, typer.Option("--hardware", "-H", help="hardware model (haq list hardware)")]
+BudgetOpt = Annotated[Optional[list[str]], typer.Option("--budget", "-b", help="latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; repeat for several")]
+CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax, percentile:P, entropy or mse")]
+WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
+ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmetric|unsigned|power-of-two -per-tensor")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _quant(calibration: str, weight_quant: str, act_quant: str) -> dict[str, Any]:
+    from haq.quant.scheme import QuantScheme
+
+    return QuantScheme.from_dict({"weight": weight_quant, "activation": act_quant, "calibration": calibration}).to_dict()
+
+
+def _options(items: list[str] | None) -> dict[str, Any]:
+    """--option KEY=VALUE pairs; values parsed as JSON when they are JSON (numbers, bools)."""
+    from haq.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r} is malformed: write KEY=VALUE, e.g. --option warmup_episodes=10")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+# ----- search ---------------------------------------------------------------------------------
+@app.command()
+def search(
+    model: ModelOpt = "digits-mobilenet",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    input_size: InputSizeOpt = None,
+    hardware: HardwareOpt = "bitfusion",
+    budget: BudgetOpt = None,
+    method: Annotated[str, typer.Option("--method", help="rl, hawq, hago, quantune, random, uniform (haq list methods)")] = "rl",
+    episodes: Annotated[Optional[int], typer.Option("--episodes", help="RL episodes (= evaluations)")] = None,
+    max_evaluations: Annotated[Optional[int], typer.Option("--max-evaluations", help="accuracy measurements allowed")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<model>-<hardware>-<method>-s<seed>)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    min_bits: Annotated[int, typer.Option("--min-bits")] = 2,
+    max_bits: Annotated[int, typer.Option("--max-bits")] = 8,
+    pin: Annotated[str, typer.Option("--pin", help="layers fixed at 8 bits: first,last | none | layer names")] = "first,last",
+    calibration: CalibOpt = "percentile:99.99",
+    weight_quant: WeightQuantOpt = "symmetric-per-channel",
+    act_quant: ActQuantOpt = "asymmetric-per-tensor",
+    option: Annotated[Optional[list[str]], typer.Option("--option", help="method option KEY=VALUE (repeatable)")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="RL: TensorBoard log dir")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Search per-layer bitwidths under a budget; writes a run directory."""
+    from haq.api import SearchConfig
+    from haq.errors import ConfigError
+    from haq.runs import run_search
+
+    if episodes is not None:
+        if episodes < 1:
+            raise ConfigError(f"--episodes {episodes}: must be at least 1")
+        if max_evaluations is not None and max_evaluations != episodes:
+            raise ConfigError("--episodes and --max-evaluations disagree; give one of them")
+        max_evaluations = episodes
+    opts = _options(option)
+    if tensorboard is not None:
+        opts["tensorboard_dir"] = str(tensorboard)
+    config = SearchConfig(
+        model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
+        hardware=hardware, budget=tuple(budget or ["latency=0.5"]), method=method, seed=seed,
+        max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
+        quant=_quant(calibration, weight_quant, act_quant), options=opts,
+    )
+    out = out or Path("runs") / f"{model.replace(':', '_').replace('/', '_')}-{hardware.split(':')[0]}-{method}-s{seed}"
+    con = _console()
+    from haq.progress import SearchProgress
+
+    with SearchProgress(enabled=not quiet, console=_console(stderr=True)) as progress:
+        result = run_search(config, out, resume=resume, on_trial=progress.trial_callback(config))
+    from haq.report import policy_table
+
+    con.print(policy_table(result, config))
+    con.print(f"run directory: {out}  (policy.json, history.csv, plots/)")
+
+
+# ----- compare --------------------------------------------------------------------------------
+@app.command()
+def compare(
+    model: ModelOpt = "digits-mobilenet",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    input_size: InputSizeOpt = None,
+    hardware: HardwareOpt = "bitfusion",
+    budget: BudgetOpt = None,
+    methods: Annotated[str, typer.Option("--methods", help="comma-separated methods")] = "rl,hawq,hago,quantune,random,uniform",
+    max_evaluations: Annotated[int, typer.Option("--max-evaluations", help="per method and seed")] = 100,
+    seeds: Annotated[int, typer.Option("--seeds", help="seeds per method (seed, seed+1, ...)")] = 3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,
+    min_bits: Annotated[int, typer.Option("--min-bits")] = 2,
+    max_bits: Annotated[int, typer.Option("--max-bits")] = 8,
+    pin: Annotated[str, typer.Option("--pin")] = "first,last",
+    calibration: CalibOpt = "percentile:99.99",
+    weight_quant: WeightQuantOpt = "symmetric-per-channel",
+    act_quant: ActQuantOpt = "asymmetric-per-tensor",
+    quiet: QuietOpt = False,
+) -> None:
+    """Run several methods on the same problem and evaluation limit; write a comparison."""
+    from haq.api import SearchConfig
+    from haq.compare import compare as run_compare
+    from haq.compare import to_markdown
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    config = SearchConfig(
+        model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
+        hardware=hardware, budget=tuple(budget or ["latency=0.5"]), method=names[0] if names else "uniform",
+        seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
+        quant=_quant(calibration, weight_quant, act_quant),
+    )
+    out = out or Path("runs") / f"compare-{model.replace(':', '_').replace('/', '_')}-{hardware.split(':')[0]}"
+    err = _console(stderr=True)
+
+    def progress(method: str, s: int, result) -> None:  # noqa: ANN001
+        if not quiet:
+            m = result.best_policy.metrics
+            err.print(f"  {method} seed {s}: test acc {100 * m['accuracy']:.2f}%  ({result.evaluations} evals, {result.wall_s:.1f} s)")
+
+    table = run_compare(config, names, seeds=seeds, out=out, on_progress=progress)
+    _console().print(to_markdown(table))
+    _console().print(f"written: {out}/comparison.csv, comparison.md, plots/pareto.png")
+
+
+# ----- evaluate / cost ------------------------------------------------------------------------
+@app.command()
+def evaluate(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="policy.json, uniform:8 or uniform:w4a8")],
+    model: ModelOpt = "digits-mobilenet",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    input_size: InputSizeOpt = None,
+    hardware: Annotated[Optional[str], typer.Option("--hardware", "-H", help="also cost it on this hardware")] = None,
+    split: Annotated[str, typer.Option("--split", help="calib, val or test")] = "test",
+    round_up: Annotated[bool, typer.Option("--round-up", help="map bits the hardware lacks to the next it runs")] = False,
+    calibration: CalibOpt = "percentile:99.99",
+    weight_quant: WeightQuantOpt = "symmetric-per-channel",
+    act_quant: ActQuantOpt = "asymmetric-per-tensor",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Accuracy (and size, BOPs, hardware cost) of one policy."""
+    from haq.report import evaluate_policy
+
+    result = evaluate_policy(
+        model=model, weights=weights, data=data, input_size=input_size, hardware=hardware, policy=policy,
+        split=split, round_up=round_up, quant=_quant(calibration, weight_quant, act_quant),
+    )
+    _print_result(result, as_json)
+
+
+@app.command()
+def cost(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="policy.json, uniform:8 or uniform:w4a8")] = "uniform:8",
+    model: ModelOpt = "digits-mobilenet",
+    weights: WeightsOpt = None,
+    input_size: InputSizeOpt = None,
+    hardware: Annotated[Optional[str], typer.Option("--hardware", "-H", help="hardware model; size and BOPs need none")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="hardware batch (default: the hardware's)")] = None,
+    round_up: Annotated[bool, typer.Option("--round-up", help="map bits the hardware lacks to the next it runs")] = False,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="one row per layer")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="per-layer rows as CSV")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Hardware cost, size and BOPs of a policy - no data, no weights needed."""
+    from haq.report import cost_policy
+
+    result = cost_policy(model=model, weights=weights, input_size=input_size, hardware=hardware, policy=policy,
+                         batch=batch, round_up=round_up)
+    if as_csv:
+        sys.stdout.write(result["per_layer_frame"].to_csv(index=False))
+        return
+    if not per_layer:
+        result.pop("layers", None)
+    _print_result(result, as_json)
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    result.pop("per_layer_frame", None)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    from haq.report import result_table
+
+    _console().print(result_table(result))
+
+
+# ----- profile / plot / list ------------------------------------------------------------------
+@app.command()
+def profile(
+    hardware: Annotated[str, typer.Option("--hardware", "-H", help="cpu or gpu")] = "cpu",
+    model: ModelOpt = "digits-mobilenet",
+    input_size: InputSizeOpt = None,
+    batch: Annotated[int, typer.Option("--batch")] = 1,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="profile CSV to write")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure a latency profile of the model's layer shapes on this machine's CPU or GPU."""
+    from haq.report import profile_model
+
+    path, frame = profile_model(hardware=hardware, model=model, input_size=input_size, batch=batch, out=out, quiet=quiet)
+    _console().print(f"profiled {len(frame)} rows -> {path}")
+
+
+@app.command()
+def plot(run_dir: Annotated[Path, typer.Argument(help="a run directory written by haq search")]) -> None:
+    """Redraw the plots of a run directory."""
+    from haq.plots import plot_run
+
+    for p in plot_run(run_dir):
+        _console().print(str(p))
+
+
+@app.command("list")
+def list_(what: Annotated[str, typer.Argument(help="models, data, hardware or methods")]) -> None:
+    """What the registries hold."""
+    from rich.table import Table
+
+    from haq.errors import UnknownNameError
+
+    if what == "models":
+        from haq.models import list_models as rows_fn
+    elif what == "data":
+        from haq.data import list_data as rows_fn
+    elif what == "hardware":
+        from haq.simulators import list_hardware as rows_fn
+    elif what == "methods":
+        from haq.search import list_methods as rows_fn
+    else:
+        raise UnknownNameError(f"haq list {what!r}: choose models, data, hardware or methods")
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("name")
+    table.add_column("what it is")
+    for name, summary in rows_fn():
+        table.add_row(name, summary)
+    _console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line and exit code 2 for every user error, never a traceback."""
+    import click
+
+    from haq.errors import HaqError
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="haq", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("haq: interrupted; a search can be continued with --resume", file=sys.stderr)
+        sys.exit(130)
+    except HaqError as exc:
+        print(f"haq: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except MemoryError:
+        print("haq: error: out of memory; use a smaller --input-size, fewer images or a smaller model", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            print("haq: error: out of memory; use a smaller --input-size, fewer images or a smaller model", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""What `haq evaluate`, `haq cost` and the end of `haq search` compute and show.
+
+Library functions return plain dicts with the policy JSON's metric keys (``accuracy``,
+``latency_ms``, ``energy_mj``, ``size_mib``, ``bops_g``) so ``--json`` is a dump of them;
+the ``*_table`` helpers render them with rich for people.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from haq.budget import CostModel
+from haq.layers import LayerSpec, describe
+from haq.models import load_model
+from haq.policy import Policy, parse_policy
+from haq.simulators import HardwareModel, check_policy_bits, get_hardware, snap_bits
+
+
+def _fit_to_hardware(policy: Policy, layers: list[LayerSpec], hw: HardwareModel, round_up: bool) -> Policy:
+    """The policy with bits the hardware lacks rounded up (``round_up``) or refused."""
+    if round_up:
+        w = np.array([snap_bits(np.array([b]), hw.supported_bits(s.kind))[0] for b, s in zip(policy.w_bits, layers)])
+        a = np.array([snap_bits(np.array([b]), hw.supported_bits(s.kind))[0] for b, s in zip(policy.a_bits, layers)])
+        policy = Policy.from_bits(layers, w, a, model=policy.model, hardware=hw.name, quant=policy.quant,
+                                  metrics=policy.metrics, search=policy.search)
+    check_policy_bits(hw, layers, policy.w_bits, policy.a_bits)
+    return policy
+
+
+def cost_policy(
+    model: str,
+    policy: str,
+    hardware: str | None = None,
+    weights: str | Path | None = None,
+    input_size: int | None = None,
+    batch: int | None = None,
+    round_up: bool = False,
+) -> dict[str, Any]:
+    """Cost of ``policy`` on ``model`` (and ``hardware``): totals plus per-layer rows.
+
+    Needs no data and no trained weights: the layer shapes come from one forward pass.
+    """
+    loaded = load_model(model, weights, input_size=input_size, trained=False)
+    layers = describe(loaded.module, loaded.input_shape)
+    pol = parse_policy(policy, layers, model=model)
+    hw = get_hardware(hardware) if hardware else None
+    table = None
+    if hw is not None:
+        pol = _fit_to_hardware(pol, layers, hw, round_up)
+        table = hw.cost_table(layers, batch)
+    costs = CostModel(layers, table)
+    w, a = pol.w_bits, pol.a_bits
+    total = costs.cost(w, a)
+    lat, en = table.per_layer(w, a) if table is not None else (None, None)
+    rows = []
+    for i, s in enumerate(layers):
+        rows.append({
+            "name": s.name, "kind": s.kind, "w_bits": int(w[i]), "a_bits": int(a[i]), "macs": s.macs, "params": s.params,
+            "latency_ms": None if lat is None else float(lat[i]),
+            "energy_mj": None if en is None else float(en[i]),
+            "size_mib": (s.params * int(w[i]) / 8 + 4 * s.bias_params) / 2**20,
+            "bops_g": s.macs * int(w[i]) * int(a[i]) / 1e9,
+        })
+    return {
+        "model": model,
+        "hardware": hw.name if hw else None,
+        "batch": table.batch if table is not None else None,
+        "policy": policy,
+        **total.to_dict(),
+        "layers": rows,
+        "per_layer_frame": pd.DataFrame(rows),
+    }
+
+
+def evaluate_policy(
+    model: str,
+    policy: str,
+    quant: dict[str, Any],
+    data: str | None = None,
+    weights: str | Path | None = None,
+    input_size: int | None = None,
+    hardware: str | None = None,
+    split: str = "test",
+    round_up: bool = False,
+) -> dict[str, Any]:
+    """Accuracy on ``split`` plus every cost of one policy (a policy file's own quant scheme
+    wins over ``quant``, which applies to shorthands like ``uniform:4``)."""
+    from haq.data import load_data
+    from haq.errors import ConfigError
+    from haq.quant.evaluator import Evaluator
+    from haq.quant.scheme import QuantScheme
+
+    loaded = load_model(model, weights, input_size=input_size)
+    spec = data or loaded.default_data
+    if spec is None:
+        raise ConfigError(f"model {model} needs data to measure accuracy: pass --data imagefolder:PATH")
+    splits = load_data(spec, image_size=input_size)
+    layers = describe(loaded.module, splits.input_shape)
+    pol = parse_policy(policy, layers, model=model, quant=QuantScheme.from_dict(quant))
+    hw = get_hardware(hardware) if hardware else None
+    table = None
+    if hw is not None:
+        pol = _fit_to_hardware(pol, layers, hw, round_up)
+        table = hw.cost_table(layers)
+    evaluator = Evaluator(loaded.module, splits, pol.quant, layers)
+    acc = evaluator.evaluate(pol.w_bits, pol.a_bits, split)
+    total = CostModel(layers, table).cost(pol.w_bits, pol.a_bits)
+    return {
+        "model": model,
+        "data": splits.name,
+        "split": split,
+        "hardware": hw.name if hw else None,
+        "policy": policy,
+        "accuracy": acc,
+        "fp32_accuracy": evaluator.fp32_accuracy(split),
+        **total.to_dict(),
+        "quant": pol.quant.to_dict(),
+    }
+
+
+def result_table(result: dict[str, Any]):  # noqa: ANN201 - rich renderable
+    """Totals (and per-layer rows when present) as a rich table."""
+    from rich.table import Table
+
+    layers = result.get("layers")
+    if layers:
+        t = Table(title=f"{result['model']} / {result.get('hardware') or 'no hardware'} / {result['policy']}")
+        for col in ("layer", "kind", "w", "a", "MACs", "latency ms", "energy mJ", "size KiB", "MBOPs"):
+            t.add_column(col, justify="right" if col not in ("layer", "kind") else "left")
+        for r in layers:
+            t.add_row(r["name"], r["kind"], str(r["w_bits"]), str(r["a_bits"]), f"{r['macs']:,}",
+                      _fmt(r["latency_ms"]), _fmt(r["energy_mj"]), f"{1024 * r['size_mib']:.2f}", f"{1e3 * r['bops_g']:.2f}")
+        t.add_section()
+        t.add_row("total", "", "", "", "", _fmt(result["latency_ms"]), _fmt(result["energy_mj"]),
+                  f"{1024 * result['size_mib']:.2f}", f"{1e3 * result['bops_g']:.2f}")
+        return t
+    t = Table(show_header=False, title=f"{result['model']} / {result['policy']}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    if "accuracy" in result:
+        t.add_row(f"accuracy ({result['split']})", f"{100 * result['accuracy']:.2f}%")
+        t.add_row("fp32 accuracy", f"{100 * result['fp32_accuracy']:.2f}%")
+    t.add_row("hardware", str(result.get("hardware") or "-"))
+    t.add_row("latency", _fmt(result["latency_ms"], " ms"))
+    t.add_row("energy", _fmt(result["energy_mj"], " mJ"))
+    t.add_row("size", f"{result['size_mib']:.4g} MiB")
+    t.add_row("BOPs", f"{result['bops_g']:.4g} G")
+    return t
+
+
+def policy_table(result, config) -> Any:  # noqa: ANN001 - SearchResult, SearchConfig
+    """The best policy of a search: per layer bits and its share of the budgeted cost."""
+    from rich.table import Table
+
+    from haq.budget import COST_FIELDS
+
+    m = result.best_policy.metrics
+    key = config.budget[0].split("=")[0].strip().lower() if config.budget else "latency"
+    col = COST_FIELDS.get(key, "latency_ms")
+    frame = result.per_layer
+    if frame[col].isna().all():
+        col = "bops_g"
+    share = frame[col] / max(float(frame[col].sum()), 1e-30)
+    title = (f"{config.method} on {config.model} / {config.hardware}, budget {', '.join(config.budget)}: "
+             f"test acc {100 * m['accuracy']:.2f}% (fp32 {100 * m['fp32_accuracy']:.2f}%)")
+    t = Table(title=title)
+    for c in ("layer", "kind", "w_bits", "a_bits", f"{col} share"):
+        t.add_column(c, justify="left" if c in ("layer", "kind") else "right")
+    for r, sh in zip(frame.itertuples(), share):
+        t.add_row(r.layer, r.kind, str(r.w_bits), str(r.a_bits), f"{100 * sh:.1f}%")
+    t.add_section()
+    t.add_row("total", "", "", "", f"{_fmt(m.get('latency_ms'), ' ms')}, {_fmt(m.get('energy_mj'), ' mJ')}, "
+              f"{m['size_mib']:.4g} MiB, {m['bops_g']:.4g} GBOPs")
+    return t
+
+
+def profile_model(hardware: str, model: str, input_size: int | None, batch: int, out: Path | None, quiet: bool):  # noqa: ANN201
+    """Measure a CPU or GPU latency profile of the model's layer shapes; returns (path, frame)."""
+    raise NotImplementedError
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    return "n/a" if v is None else f"{float(v):.4g}{unit}"

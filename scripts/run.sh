@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command: set up .venv, then run the main job - an RL (HAQ) search of the embedded
+# default model on the BitFusion model, printing the best policy and its run directory.
+# Extra arguments go to `haq search` (e.g. bash scripts/run.sh --episodes 100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/haq search "$@"
