@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from haq.simulators.gpu_reference import GPU_REFERENCE_COLUMNS, parse_gpu_reference
-from haq.simulators.profile_csv import gemm_shape
 from torch import nn
 
 from haq.atomic import atomic_write_text
 from haq.errors import HardwareError
 from haq.layers import LayerSpec
+from haq.simulators.gpu_reference import GPU_REFERENCE_COLUMNS, parse_gpu_reference
+from haq.simulators.profile_csv import gemm_shape
 
 Progress = Callable[[int, int, str], None]
 

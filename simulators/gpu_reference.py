@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from haq.simulators.base import CostTable, empty_table
-from haq.simulators.profile_csv import gemm_shape
-from haq.simulators.roofline import Roofline, fit_roofline, holdout_errors, summarize_errors
 
 from haq.bits import slot
 from haq.errors import HardwareError
 from haq.layers import LAYER_KINDS, LayerSpec
+from haq.simulators.base import CostTable, empty_table
+from haq.simulators.profile_csv import gemm_shape
+from haq.simulators.roofline import Roofline, fit_roofline, holdout_errors, summarize_errors
 
 H100_CSV = Path(__file__).parent / "profiles" / "h100_layer_latency.csv"
 
@@ -126,7 +126,7 @@ def parse_gpu_reference(text: str, source: str = "<gpu table>") -> tuple[pd.Data
                 f"{source}: line {line}, column 'kind': {rec['kind']!r} is not a layer kind; use {', '.join(LAYER_KINDS)}"
             )
         for col in ("module_fp32_ms", "module_fp16_ms"):
-            if not math.isfinite(rec[col]):
+            if not math.isfinite(float(rec[col])):  # type: ignore[arg-type]
                 raise HardwareError(
                     f"{source}: line {line}, column {col!r} is nan; every layer has a module timing: re-measure it"
                 )

@@ -21,6 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
+from haq.bits import slot
+from haq.cache import cache_dir, content_key
+from haq.errors import HardwareError
+from haq.layers import LayerSpec
 from haq.simulators import register_hardware
 from haq.simulators.base import CostTable, empty_table
 from haq.simulators.gpu_reference import ReferenceGpuHardware, is_gpu_reference_format
@@ -34,11 +39,7 @@ from haq.simulators.profile_csv import (
     shape_key,
     write_profile,
 )
-
-from haq.bits import slot
-from haq.cache import cache_dir, content_key
-from haq.errors import HardwareError
-from haq.layers import LayerSpec
+from haq.simulators.profiling import CPU_METHOD_DOC, CPU_METHOD_VERSION, profile_cpu
 
 # --------------------------------------------------------------------------- table:PATH
 
@@ -75,7 +76,7 @@ class TableHardware:
                 self._energy.setdefault(key, {})[pair] = float(rec["energy_mj"])
 
     @classmethod
-    def from_csv(cls, path: str | os.PathLike) -> TableHardware:
+    def from_csv(cls, path: str | os.PathLike) -> TableHardware | ReferenceGpuHardware:
         """Read a profile CSV (or a GPU reference-format CSV, see :class:`ReferenceGpuHardware`)."""
         if is_gpu_reference_format(path):
             return ReferenceGpuHardware(path, name=f"table:{path}")
@@ -165,7 +166,7 @@ class CpuProfileHardware:
         threads: intra-op threads the layers run with (``None``: torch's current setting).
         repeats: timed runs per layer shape and bit pair (the median is kept).
         warmup: untimed runs before timing.
-        progress: ``progress(done, total, layer_name)`` while measuring, for a CLI bar.
+        progress: ``progress(done, total, what)`` after each timed pass, for a CLI bar.
     """
 
     name = "cpu"
@@ -179,21 +180,17 @@ class CpuProfileHardware:
         warmup: int = 3,
         progress: Callable[[int, int, str], None] | None = None,
     ) -> None:
-        from haq.simulators import profiling
-
         self.threads = int(threads or torch.get_num_threads())
         self.repeats = repeats
         self.warmup = warmup
         self.progress = progress
         self.measured_shapes = 0  #: layer shapes this instance has timed (cache misses)
-        self.description = profiling.CPU_METHOD_DOC
+        self.description = CPU_METHOD_DOC
 
     def supported_bits(self, kind: str) -> tuple[int, ...]:
         return (8, 32)
 
     def machine_key(self, batch: int) -> dict:
-        from haq.simulators.profiling import CPU_METHOD_VERSION
-
         return {
             "cpu": cpu_model_name(),
             "torch": torch.__version__,
@@ -215,8 +212,6 @@ class CpuProfileHardware:
         )
 
     def cost_table(self, layers: Sequence[LayerSpec], batch: int | None = None) -> CostTable:
-        from haq.simulators.profiling import profile_cpu
-
         batch = int(batch or 1)
         path = self.profile_path(batch)
         cached = read_profile(path).rows if path.exists() else None
@@ -242,6 +237,37 @@ class CpuProfileHardware:
 @register_hardware("cpu", CpuProfileHardware.summary)
 def _cpu() -> CpuProfileHardware:
     return CpuProfileHardware()
+
+
+def profile_machine(
+    hardware: str,
+    layers: Sequence[LayerSpec],
+    path: str | os.PathLike,
+    batch: int = 1,
+    threads: int | None = None,
+    repeats: int = 30,
+    model_name: str = "model",
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Path:
+    """What ``haq profile`` does: measure ``layers`` on this machine and write a profile CSV.
+
+    ``hardware``: ``cpu`` (every layer shape at every :data:`~haq.simulators.profiling.
+    CPU_PAIRS` pair, the profile format; use it with ``--hardware table:PATH``) or ``gpu``
+    (the columns of ``measure_h100.py``; refused with one line where there is no CUDA).
+    Always measures afresh; the ``cpu`` model's own cache is not touched.
+    """
+    if hardware == "cpu":
+        hw = CpuProfileHardware(threads=threads, repeats=repeats)
+        df = profile_cpu(layers, batch=batch, repeats=repeats, threads=hw.threads, progress=progress)
+        return write_profile(df, path, hw.machine_description(batch))
+    if hardware in ("gpu", "gpu-h100"):
+        from haq.simulators.gpu_profiling import gpu_description, profile_gpu, write_gpu_profile
+
+        df = profile_gpu(layers, batch=batch, model_name=model_name, progress=progress)
+        return write_gpu_profile(df, path, gpu_description())
+    raise HardwareError(
+        f"haq profile measures 'cpu' or 'gpu', not {hardware!r}; pass --hardware cpu or --hardware gpu"
+    )
 
 
 # --------------------------------------------------------------------------- gpu-h100

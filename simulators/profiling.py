@@ -64,11 +64,11 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from haq.simulators.profile_csv import GEOMETRY_COLUMNS, gemm_shape, geometry, shape_key
 from torch import nn
 
 from haq.errors import HardwareError, ModelError
 from haq.layers import LayerSpec
+from haq.simulators.profile_csv import GEOMETRY_COLUMNS, gemm_shape, geometry, shape_key
 
 CPU_METHOD_VERSION = 2  #: bump when what profile_cpu times changes (invalidates cached profiles)
 CPU_METHOD_DOC = __doc__.split("----\n", 1)[1].strip()
@@ -140,6 +140,8 @@ class _LayerPrograms:
         self.zero_point = input_zero_point(layer)
         lin = layer.kind == "linear"
         cin, cout = layer.in_channels, layer.out_channels
+        self.fp: nn.Module
+        self.q: nn.Module
         if lin:
             self.x = torch.randn(batch * layer.in_hw[0], cin, generator=gen)
             self.fp = nn.Linear(cin, cout, bias=True).eval()
@@ -255,7 +257,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     folded BatchNorm becomes an ``nn.Identity``. torch.fx finds the conv -> BatchNorm pairs;
     a BatchNorm whose input is not a conv's output alone is left in place.
     """
-    from torch.fx import symbolic_trace
+    from torch.fx import Node, symbolic_trace
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     folded = copy.deepcopy(model).eval()
@@ -267,7 +269,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for node in graph.nodes:
         bn = modules.get(node.target) if node.op == "call_module" else None
         src = node.args[0] if node.args else None
-        if not isinstance(bn, nn.BatchNorm2d) or getattr(src, "op", None) != "call_module" or len(src.users) != 1:
+        if not isinstance(bn, nn.BatchNorm2d) or not isinstance(src, Node) or src.op != "call_module":
+            continue
+        if len(src.users) != 1:  # the conv's raw output is used elsewhere too: folding would change it
             continue
         conv = modules.get(src.target)
         if isinstance(conv, nn.Conv2d):
@@ -391,9 +395,9 @@ def check_end_to_end(
     profiling itself in ``profile_s``.
     """
     import numpy as np
-    from haq.simulators.measured import CpuProfileHardware
 
     from haq.layers import describe
+    from haq.simulators.measured import CpuProfileHardware
 
     layers = describe(model, input_shape)
     qmodel = quantize_int8(model, input_shape, batch)

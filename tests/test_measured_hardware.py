@@ -24,7 +24,7 @@ from haq.layers import LayerSpec, describe
 from haq.simulators import HardwareModel, get_hardware, list_hardware
 from haq.simulators.gpu_profiling import gpu_profile_frame, profile_gpu, write_gpu_profile
 from haq.simulators.gpu_reference import GPU_REFERENCE_COLUMNS, H100_CSV, ReferenceGpuHardware
-from haq.simulators.measured import CpuProfileHardware, TableHardware, cpu_model_name
+from haq.simulators.measured import CpuProfileHardware, TableHardware, cpu_model_name, profile_machine
 from haq.simulators.profile_csv import gemm_shape, read_profile, shape_key, write_profile
 from haq.simulators.profiling import (
     CPU_PAIRS,
@@ -121,7 +121,10 @@ HEADER = "layer,kind,w_bits,a_bits,batch,latency_ms\n"
         (HEADER + "conv1,conv,8,8,1\n", r"line 2 has 5 cells, the header has 6"),
         (HEADER + "conv1,conv,8,8,1,0.1\nconv1,conv,8,8,1,0.2\n", r"line 3 repeats .* of line 2"),
         ("# machine\n" + HEADER + "conv1,conv,8,8,1,0.1\nx,conv,8,8,1.5,0.1\n", r"line 4, column 'batch'"),
-        ("layer,kind,w_bits,a_bits,batch\nconv1,conv,8,8,1\n", r"line 1, the header lacks column 'latency_ms'"),
+        (
+            "layer,kind,w_bits,a_bits,batch\nconv1,conv,8,8,1\n",
+            r"line 1, the header lacks column 'latency_ms'",
+        ),
         ("layer,kind,w_bits,a_bits,batch,latency_ms,ms\n", r"line 1, column 'ms' is not a profile column"),
         ("kind,M,K,w_bits,a_bits,batch,latency_ms\n", r"line 1, the header lacks column 'N'"),
         ("kind,w_bits,a_bits,batch,latency_ms\n", r"neither a 'layer' column nor M, K, N, groups"),
@@ -143,7 +146,9 @@ def test_missing_layer_is_named(tmp_path, digits_layers):
     df = _layer_profile(digits_layers)
     df = df[df.layer != digits_layers[3].name]
     hw = TableHardware.from_csv(write_profile(df, tmp_path / "p.csv", "x"))
-    with pytest.raises(HardwareError, match=rf"no row for layer '{digits_layers[3].name}' \(conv, M=\d+ K=\d+"):
+    with pytest.raises(
+        HardwareError, match=rf"no row for layer '{digits_layers[3].name}' \(conv, M=\d+ K=\d+"
+    ):
         hw.cost_table(digits_layers)
 
 
@@ -152,7 +157,9 @@ def test_missing_bit_pair_is_named(tmp_path, digits_layers):
     name = digits_layers[2].name
     df = df[~((df.layer == name) & (df.w_bits == 8) & (df.a_bits == 32))]
     hw = TableHardware.from_csv(write_profile(df, tmp_path / "p.csv", "x"))
-    with pytest.raises(HardwareError, match=rf"no row for layer '{name}' .* at w_bits=8 a_bits=32 \(other conv"):
+    with pytest.raises(
+        HardwareError, match=rf"no row for layer '{name}' .* at w_bits=8 a_bits=32 \(other conv"
+    ):
         hw.cost_table(digits_layers)
 
 
@@ -172,11 +179,16 @@ def test_registry_lists_the_measured_models():
     names = dict(list_hardware())
     for name in ("cpu", "gpu-h100", "table:PATH"):
         assert name in names and "\n" not in names[name]
+    for name in ("cpu", "gpu-h100"):
+        hw = get_hardware(name)
+        assert isinstance(hw, HardwareModel) and hw.name == name and hw.float_fallback
 
 
 def test_profile_cpu_times_every_distinct_shape_at_every_pair(digits_layers):
     calls = []
-    df = profile_cpu(digits_layers, repeats=2, warmup=1, threads=1, progress=lambda d, t, w: calls.append((d, t)))
+    df = profile_cpu(
+        digits_layers, repeats=2, warmup=1, threads=1, progress=lambda d, t, w: calls.append((d, t))
+    )
     n_shapes = len({shape_key(x, 1, True) for x in digits_layers})
     assert len(df) == n_shapes * len(CPU_PAIRS)
     assert set(zip(df.w_bits, df.a_bits, strict=True)) == set(CPU_PAIRS)
@@ -223,6 +235,16 @@ def test_cpu_profile_measures_only_the_new_shapes_of_another_model(digits_layers
     # another batch is another profile
     hw.cost_table(digits_layers, batch=2)
     assert hw.profile_path(2) != hw.profile_path(1) and hw.profile_path(2).exists()
+
+
+def test_haq_profile_writes_a_cpu_profile_that_table_reads(tmp_path, digits_layers):
+    path = profile_machine("cpu", digits_layers, tmp_path / "cpu.csv", threads=1, repeats=2)
+    hw = get_hardware(f"table:{path}")
+    assert hw.supported_bits("conv") == (8, 32)
+    assert cpu_model_name() in hw.description
+    assert np.isfinite(hw.cost_table(digits_layers).latency_ms[:, slot(8), slot(8)]).all()
+    with pytest.raises(HardwareError, match=r"measures 'cpu' or 'gpu', not 'tpu'"):
+        profile_machine("tpu", digits_layers, tmp_path / "x.csv")
 
 
 def test_cpu_supports_8_and_32_bits_only():
@@ -285,7 +307,9 @@ def h100_rows() -> pd.DataFrame:
 def test_gpu_h100_resnet50_conv1_is_the_table_exactly(resnet50_layers, h100_rows, batch):
     hw = get_hardware("gpu-h100")
     table = hw.cost_table(resnet50_layers, batch=batch)
-    row = h100_rows[(h100_rows.model == "resnet50") & (h100_rows.batch == batch) & (h100_rows.layer == "conv1")]
+    row = h100_rows[
+        (h100_rows.model == "resnet50") & (h100_rows.batch == batch) & (h100_rows.layer == "conv1")
+    ]
     assert len(row) == 1
     row = row.iloc[0]
     assert gemm_shape(resnet50_layers[0], batch) == (row.M, row.K, row.N, row.groups)
@@ -301,7 +325,9 @@ def test_gpu_h100_repeated_shapes_take_the_median_of_their_rows(resnet50_layers,
     table = hw.cost_table(resnet50_layers, batch=1)
     i = [x.name for x in resnet50_layers].index("layer1.1.conv2")
     m, k, n, g = gemm_shape(resnet50_layers[i], 1)
-    same = h100_rows[(h100_rows.M == m) & (h100_rows.K == k) & (h100_rows.N == n) & (h100_rows.kind != "depthwise")]
+    same = h100_rows[
+        (h100_rows.M == m) & (h100_rows.K == k) & (h100_rows.N == n) & (h100_rows.kind != "depthwise")
+    ]
     assert len(same) >= 3
     assert table.latency_ms[i, slot(32), slot(32)] == pytest.approx(same.gemm_fp32_ms.median())
 
@@ -361,6 +387,8 @@ def test_gpu_profiling_refuses_cleanly_without_cuda(digits_layers):
         match=r"^no CUDA device: .*; use the reference table gpu-h100 or run on a machine with a GPU$",
     ):
         profile_gpu(digits_layers)
+    with pytest.raises(HardwareError, match=r"^no CUDA device"):
+        profile_machine("gpu", digits_layers, "unused.csv")
 
 
 def _fake_gpu_rows(layers: list[LayerSpec], batch: int) -> list[dict]:
@@ -368,7 +396,9 @@ def _fake_gpu_rows(layers: list[LayerSpec], batch: int) -> list[dict]:
     for x in layers:
         m, k, n, g = gemm_shape(x, batch)
         # a function of the shape (a repeated shape times the same), distinct per column
-        t = {c: 1e-4 * (m + k + n) * (j + 1) for j, c in enumerate(GPU_REFERENCE_COLUMNS) if c.endswith("_ms")}
+        t = {
+            c: 1e-4 * (m + k + n) * (j + 1) for j, c in enumerate(GPU_REFERENCE_COLUMNS) if c.endswith("_ms")
+        }
         if x.kind == "depthwise":
             t.update({c: math.nan for c in t if c.startswith("gemm")})
         rows.append({"model": "digits", "batch": batch, "layer": x.name, "kind": x.kind,
