@@ -41,11 +41,17 @@ def _pad16(x: int) -> int:
     return (x + 15) // 16 * 16
 
 
-def _gpu_layer_row(
-    layer: LayerSpec, batch: int, bench: Callable[[Callable[[], object]], float], model_name: str
+def gpu_layer_row(
+    layer: LayerSpec,
+    batch: int,
+    bench: Callable[[Callable[[], object]], float],
+    model_name: str = "model",
+    dev: str = "cuda",
 ) -> dict:
-    """One row of measure_h100.py's table for ``layer``, timed with ``bench`` (ms)."""
-    dev = "cuda"
+    """One row of measure_h100.py's table for ``layer``, each kernel timed with ``bench`` (ms).
+
+    ``dev`` is ``cuda`` in :func:`profile_gpu`; any other device only exercises the code.
+    """
     m, k, n, g = gemm_shape(layer, batch)
     row: dict = {"model": model_name, "batch": batch, "layer": layer.name, "kind": layer.kind,
                  "M": m, "K": k, "N": n, "groups": g, "macs": m * k * n}  # fmt: skip
@@ -131,7 +137,7 @@ def profile_gpu(
     rows = []
     try:
         for i, layer in enumerate(layers):
-            rows.append(_gpu_layer_row(layer, batch, bench, model_name))
+            rows.append(gpu_layer_row(layer, batch, bench, model_name))
             if progress is not None:
                 progress(i + 1, len(layers), layer.name)
     finally:

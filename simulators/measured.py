@@ -207,7 +207,7 @@ class CpuProfileHardware:
         k = self.machine_key(batch)
         return (
             f"cpu: {k['cpu']}, {k['threads']} thread(s), torch {k['torch']}, "
-            f"quantized engine x86 (fbgemm), batch {k['batch']}, method {k['method']}\n"
+            f"quantized engine x86 (fbgemm/oneDNN), batch {k['batch']}, method {k['method']}\n"
             "measured by haq profile: median of timed runs in execution order, see haq.simulators.profiling"
         )
 

@@ -4,8 +4,8 @@ The GPU counterpart is :mod:`haq.simulators.gpu_profiling`.
 
 CPU method (what :func:`profile_cpu` times, and why)
 ----------------------------------------------------
-int8 backend: ``torch.ao.nn.quantized`` modules on the x86 (fbgemm) engine, not
-onnxruntime. The int8 model a user gets from PyTorch post-training quantization
+int8 backend: ``torch.ao.nn.quantized`` modules on PyTorch's x86 quantized engine (fbgemm,
+which hands some shapes to oneDNN), not onnxruntime. The int8 model a user gets from PyTorch post-training quantization
 (``prepare_fx``/``convert_fx``, :func:`end_to_end_int8`) runs exactly these modules, so a
 per-layer time and an end-to-end time are two measurements of the same kernels; onnxruntime
 would need an ONNX export and a second runtime to check the sum against. (torch 2.14 marks
@@ -104,7 +104,7 @@ def quiet_quantization() -> Iterator[None]:
 
 @contextmanager
 def x86_engine() -> Iterator[None]:
-    """Run the block with the x86 (fbgemm) quantized engine, restoring the old one after."""
+    """Run the block with the x86 quantized engine (fbgemm/oneDNN), restoring the old one after."""
     old = torch.backends.quantized.engine
     torch.backends.quantized.engine = "x86"
     try:

@@ -22,7 +22,7 @@ from haq.digits_models import DigitsMobileNet, DigitsResNet
 from haq.errors import HardwareError, ModelError
 from haq.layers import LayerSpec, describe
 from haq.simulators import HardwareModel, get_hardware, list_hardware
-from haq.simulators.gpu_profiling import gpu_profile_frame, profile_gpu, write_gpu_profile
+from haq.simulators.gpu_profiling import gpu_layer_row, gpu_profile_frame, profile_gpu, write_gpu_profile
 from haq.simulators.gpu_reference import GPU_REFERENCE_COLUMNS, H100_CSV, ReferenceGpuHardware
 from haq.simulators.measured import CpuProfileHardware, TableHardware, cpu_model_name, profile_machine
 from haq.simulators.profile_csv import gemm_shape, read_profile, shape_key, write_profile
@@ -389,6 +389,25 @@ def test_gpu_profiling_refuses_cleanly_without_cuda(digits_layers):
         profile_gpu(digits_layers)
     with pytest.raises(HardwareError, match=r"^no CUDA device"):
         profile_machine("gpu", digits_layers, "unused.csv")
+
+
+def test_gpu_row_measures_every_reference_column():
+    """The GPU measuring code run on the CPU with a one-call clock: every column, right shapes."""
+
+    def one_call(fn):
+        fn()
+        return 1.0
+
+    layers = describe(DigitsMobileNet(), (1, 8, 8))
+    rows = [gpu_layer_row(x, 2, one_call, "digits", dev="cpu") for x in layers]
+    frame = gpu_profile_frame(rows)
+    assert list(frame.columns) == list(GPU_REFERENCE_COLUMNS)
+    assert (frame.module_fp32_ms == 1.0).all() and (frame.batch == 2).all()
+    dw = frame.kind == "depthwise"
+    assert frame[dw].gemm_fp32_ms.isna().all() and (frame[~dw].gemm_fp32_ms == 1.0).all()
+    assert [tuple(r) for r in frame[["M", "K", "N", "groups"]].to_numpy()] == [
+        gemm_shape(x, 2) for x in layers
+    ]
 
 
 def _fake_gpu_rows(layers: list[LayerSpec], batch: int) -> list[dict]:
