@@ -64,26 +64,40 @@ def _key(w: np.ndarray, a: np.ndarray) -> bytes:
 
 @dataclass
 class StepEstimates:
-    """Accuracy drops (fractions; negative = the step helped) of single steps, and guesses
-    for the steps never measured.
+    """Accuracy drops (fractions; negative = the step helped) of steps, and guesses for the
+    steps never measured.
 
     A guess for lowering layer ``l``'s edge to ``b`` is the larger of: the largest drop
     measured on the same edge at a higher bitwidth (going lower rarely hurts less), and the
     median drop measured on that edge kind at ``b`` in other layers; with neither, the
-    largest drop measured anywhere (pessimistic, so measured-cheap steps go first).
+    largest drop measured anywhere (pessimistic, so measured-cheap steps go first). A move
+    of several steps at once is guessed as the sum of its steps' drops until measured.
     """
 
     drops: dict[tuple[int, str, int], float] = field(default_factory=dict)
+    moves: dict[tuple[Step, ...], float] = field(default_factory=dict)
 
-    def record(self, step: Step, drop: float) -> None:
-        self.drops[(step.layer, step.edge, step.bits)] = float(drop)
+    def record(self, steps: Sequence[Step], drop: float) -> None:
+        if len(steps) == 1:
+            s = steps[0]
+            self.drops[(s.layer, s.edge, s.bits)] = float(drop)
+        else:
+            self.moves[tuple(steps)] = float(drop)
+
+    def estimate_move(self, steps: Sequence[Step]) -> float:
+        if len(steps) == 1:
+            return self.estimate(steps[0])
+        known = self.moves.get(tuple(steps))
+        return known if known is not None else sum(self.estimate(s) for s in steps)
 
     def estimate(self, step: Step) -> float:
         known = self.drops.get((step.layer, step.edge, step.bits))
         if known is not None:
             return known
-        same_edge = [d for (l, e, b), d in self.drops.items() if l == step.layer and e == step.edge and b > step.bits]
-        same_level = [d for (l, e, b), d in self.drops.items() if e == step.edge and b == step.bits]
+        same_edge = [
+            d for (i, e, b), d in self.drops.items() if i == step.layer and e == step.edge and b > step.bits
+        ]
+        same_level = [d for (_, e, b), d in self.drops.items() if e == step.edge and b == step.bits]
         parts = []
         if same_edge:
             parts.append(max(same_edge))
@@ -106,10 +120,11 @@ def free_edges(problem: SearchProblem) -> list[tuple[int, str]]:
     ]
 
 
-def apply_step(w: np.ndarray, a: np.ndarray, step: Step) -> tuple[np.ndarray, np.ndarray]:
-    """New arrays with ``step`` applied (the inputs are not modified)."""
+def apply_step(w: np.ndarray, a: np.ndarray, *steps: Step) -> tuple[np.ndarray, np.ndarray]:
+    """New arrays with ``steps`` applied (the inputs are not modified)."""
     w2, a2 = w.copy(), a.copy()
-    (w2 if step.edge == "w" else a2)[step.layer] = step.bits
+    for step in steps:
+        (w2 if step.edge == "w" else a2)[step.layer] = step.bits
     return w2, a2
 
 
@@ -120,39 +135,46 @@ def next_lower(choices: Sequence[int], bits: int) -> int | None:
 
 @dataclass(frozen=True)
 class Candidate:
-    step: Step
+    """A move: one step, or both edges of one layer a step down together (hardware such as
+    a CPU only gets faster when weights and activations are both integer)."""
+
+    steps: tuple[Step, ...]
     w: np.ndarray
     a: np.ndarray
     saving: float  #: sum over violated budget items of (cost before - cost after) / limit
 
 
 def candidate_steps(problem: SearchProblem, w: np.ndarray, a: np.ndarray) -> list[Candidate]:
-    """One step down on every free edge that has a lower choice, with its budget saving."""
+    """Every move one step down from ``(w, a)``, with its budget saving."""
     before = problem.cost(w, a)
-    violated = [k for k, lim in problem.budget.limits.items() if (before.get(k) or 0.0) > lim * (1 + 1e-9)]
-    out = []
+    violated = [k for k, lim in problem.budget.limits.items() if not (_num(before.get(k)) <= lim * (1 + 1e-9))]
+    per_layer: dict[int, list[Step]] = {}
     for layer, edge in free_edges(problem):
-        cur = int((w if edge == "w" else a)[layer])
-        low = next_lower(problem.choices[layer], cur)
-        if low is None:
-            continue
-        step = Step(layer, edge, low)
-        w2, a2 = apply_step(w, a, step)
+        low = next_lower(problem.choices[layer], int((w if edge == "w" else a)[layer]))
+        if low is not None:
+            per_layer.setdefault(layer, []).append(Step(layer, edge, low))
+    moves: list[tuple[Step, ...]] = [(s,) for steps in per_layer.values() for s in steps]
+    moves += [tuple(steps) for steps in per_layer.values() if len(steps) == 2]
+    out = []
+    for move in moves:
+        w2, a2 = apply_step(w, a, *move)
         after = problem.cost(w2, a2)
-        saving = sum(
-            ((before.get(k) or 0.0) - (after.get(k) or 0.0)) / problem.budget.limits[k] for k in violated
-        )
-        out.append(Candidate(step, w2, a2, saving))
+        saving = sum((_num(before.get(k)) - _num(after.get(k))) / problem.budget.limits[k] for k in violated)
+        out.append(Candidate(move, w2, a2, saving if np.isfinite(saving) else 0.0))
     return out
 
 
-def _rank(cands: list[Candidate], drop_of) -> Candidate:  # noqa: ANN001 - Callable[[Step], float]
-    """The candidate with the least drop per saving (steps that save nothing only when no
-    step saves anything; then the least drop). Ties go to the earlier edge."""
+def _num(x: float | None) -> float:
+    return 0.0 if x is None else float(x)
+
+
+def _rank(cands: list[Candidate], drop_of) -> Candidate:  # noqa: ANN001 - Callable[[tuple[Step, ...]], float]
+    """The move with the least drop per saving (moves that save nothing only when none
+    saves anything; then the least drop). Ties go to the earlier move."""
     useful = [c for c in cands if c.saving > 0]
     if useful:
-        return min(useful, key=lambda c: (max(drop_of(c.step), 0.0) + DROP_FLOOR) / c.saving)
-    return min(cands, key=lambda c: drop_of(c.step))
+        return min(useful, key=lambda c: (max(drop_of(c.steps), 0.0) + DROP_FLOOR) / c.saving)
+    return min(cands, key=lambda c: drop_of(c.steps))
 
 
 def plan_to_budget(
@@ -165,9 +187,9 @@ def plan_to_budget(
         cands = candidate_steps(problem, w, a)
         if not cands:
             break
-        best = _rank(cands, estimates.estimate)
+        best = _rank(cands, estimates.estimate_move)
         w, a = best.w, best.a
-        steps.append(best.step)
+        steps.extend(best.steps)
     return w, a, steps
 
 
@@ -192,15 +214,15 @@ def descend_to_budget(
 ) -> Descent:
     """Lower bits from the measured policy ``(w, a)`` until the budget holds.
 
-    Each round ranks every one-step-lower neighbour by estimated accuracy drop per unit of
-    budget saved; the best is measured (one evaluation, unless measured before) and its
-    drop replaces the estimate; a neighbour is taken only when its *measured* ratio is still
-    the best of the round (lazy greedy: a few evaluations per step, not one per neighbour).
+    Each round ranks every move one step lower (one edge, or both edges of a layer) by
+    estimated accuracy drop per unit of budget saved; the best is measured (one evaluation,
+    unless measured before) and its drop replaces the estimate; a move is taken only when
+    its *measured* ratio is still the best of the round (lazy greedy: a few evaluations per step, not one per neighbour).
     When one evaluation is left and no measured policy meets the budget yet, the rest of the
     path is planned on the estimates and its end measured, so the search never ends without
     a feasible policy (the budget was checked reachable up front).
     """
-    fresh: dict[Step, float] = {}  # accuracy of (state + step), measured from this state
+    fresh: dict[tuple[Step, ...], float] = {}  # accuracy of (state + move), measured from this state
     steps: list[Step] = []
     while not problem.feasible(w, a):
         cands = candidate_steps(problem, w, a)
@@ -210,16 +232,16 @@ def descend_to_budget(
             pw, pa, planned = plan_to_budget(problem, w, a, estimates)
             return Descent(pw, pa, measure(pw, pa), steps + planned, True)
 
-        def drop_of(step: Step) -> float:
-            return accuracy - fresh[step] if step in fresh else estimates.estimate(step)
+        def drop_of(move: tuple[Step, ...], base: float = accuracy) -> float:
+            return base - fresh[move] if move in fresh else estimates.estimate_move(move)
 
         top = _rank(cands, drop_of)
-        if top.step in fresh:
-            w, a, accuracy = top.w, top.a, fresh[top.step]
-            steps.append(top.step)
+        if top.steps in fresh:
+            w, a, accuracy = top.w, top.a, fresh[top.steps]
+            steps.extend(top.steps)
             fresh.clear()
             continue
         new_acc = measure(top.w, top.a)
-        estimates.record(top.step, accuracy - new_acc)
-        fresh[top.step] = new_acc
+        estimates.record(top.steps, accuracy - new_acc)
+        fresh[top.steps] = new_acc
     return Descent(w, a, accuracy, steps, False)

@@ -150,10 +150,6 @@ class Walk:
     edges_done: int = 0
     complete: bool = False
 
-    @property
-    def total_bits(self) -> int:
-        return int(self.w.sum() + self.a.sum())
-
 
 def greedy_walk(
     problem: SearchProblem, options: HagoOptions, measure: Measurer, estimates: StepEstimates
@@ -161,27 +157,31 @@ def greedy_walk(
     """HAGO's greedy walk over the edges (see the module docstring). Every trial's drop
     against the best it was derived from is recorded in ``estimates``.
 
-    When the budget phase is on and no measured policy meets the budget yet, the last
-    evaluation is left for it (the walk stops early, ``complete=False``).
+    The walk ends early (``complete=False``) when the evaluations run out, and, with the
+    budget phase on, when one is left and no measured policy meets the budget yet (it is
+    the budget phase's). The first evaluation (the all-maximum policy) is not caught.
     """
     w, a = problem.max_policy()
     walk = Walk(w, a, measure(w, a))
     reserve = options.budget_phase
-    for layer, edge in free_edges(problem):
-        cur = int((walk.w if edge == "w" else walk.a)[layer])
-        for bits in sorted((c for c in problem.choices[layer] if c < cur), reverse=True):
-            step = Step(layer, edge, bits)
-            tw, ta = apply_step(walk.w, walk.a, step)
-            if reserve and problem.best is None and problem.remaining <= 1 and not measure.known(tw, ta):
-                return walk
-            acc = measure(tw, ta)
-            estimates.record(step, walk.accuracy - acc)
-            lower_acc = acc < walk.accuracy
-            if acc > walk.accuracy or (acc == walk.accuracy and options.ties == "fewer-bits"):
-                walk = Walk(tw, ta, acc, walk.edges_done)
-            if lower_acc:
-                break
-        walk.edges_done += 1
+    try:
+        for layer, edge in free_edges(problem):
+            cur = int((walk.w if edge == "w" else walk.a)[layer])
+            for bits in sorted((c for c in problem.choices[layer] if c < cur), reverse=True):
+                step = Step(layer, edge, bits)
+                tw, ta = apply_step(walk.w, walk.a, step)
+                if reserve and problem.best is None and problem.remaining <= 1 and not measure.known(tw, ta):
+                    return walk
+                acc = measure(tw, ta)
+                estimates.record((step,), walk.accuracy - acc)
+                lower_acc = acc < walk.accuracy
+                if acc > walk.accuracy or (acc == walk.accuracy and options.ties == "fewer-bits"):
+                    walk.w, walk.a, walk.accuracy = tw, ta, acc
+                if lower_acc:
+                    break
+            walk.edges_done += 1
+    except EvaluationLimitReached:
+        return walk
     walk.complete = True
     return walk
 
@@ -202,19 +202,19 @@ def run_hago(problem: SearchProblem, options: HagoOptions) -> dict[str, Any]:
     try:
         walk = greedy_walk(problem, options, measure, estimates)
         extras["walk"] = {
-            "w_bits": bits_str(walk.w),
-            "a_bits": bits_str(walk.a),
+            "w_bits": bits_str(walk.w.tolist()),
+            "a_bits": bits_str(walk.a.tolist()),
             "val_accuracy": walk.accuracy,
             "feasible": problem.feasible(walk.w, walk.a),
             "edges_decided": walk.edges_done,
             "complete": walk.complete,
             "evaluations": problem.evaluations,
         }
-        if options.budget_phase and not problem.feasible(walk.w, walk.a):
+        if options.budget_phase and not problem.feasible(walk.w, walk.a) and problem.remaining > 0:
             d = descend_to_budget(problem, walk.w, walk.a, walk.accuracy, estimates, measure)
             extras["budget_phase"] = {
-                "w_bits": bits_str(d.w),
-                "a_bits": bits_str(d.a),
+                "w_bits": bits_str(d.w.tolist()),
+                "a_bits": bits_str(d.a.tolist()),
                 "val_accuracy": d.accuracy,
                 "steps": [f"{problem.layers[s.layer].name}.{s.edge}->{s.bits}" for s in d.steps],
                 "planned": d.jumped,
