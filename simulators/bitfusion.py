@@ -261,8 +261,8 @@ def parse_apq_key(key: str) -> tuple[tuple[int, ...], int, int]:
     ``(cin, cout, in_size, kernel, stride, pad, groups)``, weight bits, activation bits.
     """
     m = re.fullmatch(r"\(([\d, ]+)\)-W(\d+)A(\d+)", key.strip())
-    layer = tuple(int(x) for x in m.group(1).split(",")) if m else ()
-    if len(layer) != 7:
+    layer = tuple(int(x) for x in m.group(1).split(",") if x.strip()) if m else ()
+    if m is None or len(layer) != 7:
         raise HardwareError(
             f"not an APQ BitFusion key: {key!r}; expected '(cin, cout, in, k, s, pad, groups)-W8A8'"
         )
@@ -270,9 +270,10 @@ def parse_apq_key(key: str) -> tuple[tuple[int, ...], int, int]:
 
 
 @lru_cache(maxsize=8192)
-def shape_costs(shape: ConvShape, spec: BitFusionSpec = DEFAULT_SPEC) -> tuple[np.ndarray, ...]:
+def shape_costs(shape: ConvShape, spec: BitFusionSpec) -> tuple[np.ndarray, ...]:
     """Cycles, energy (pJ) and compute cycles of ``shape`` at every bit pair, each ``[8, 8]``
-    indexed ``[w_bits - 1, a_bits - 1]`` (read-only; memoised per distinct shape).
+    indexed ``[w_bits - 1, a_bits - 1]`` (read-only; memoised per distinct shape and spec:
+    pass both positionally, e.g. ``shape_costs(shape, DEFAULT_SPEC)``, to share the memo).
     """
     w, a = (g.ravel() for g in np.meshgrid(np.arange(1, 9), np.arange(1, 9), indexing="ij"))
     if shape.groups == 1:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torchvision
 from scipy.stats import spearmanr
 
@@ -21,6 +22,7 @@ from haq.layers import describe
 from haq.simulators import get_hardware, list_hardware
 from haq.simulators.base import HardwareModel
 from haq.simulators.bitfusion import (
+    DEFAULT_SPEC,
     BitFusion,
     BitFusionSpec,
     ConvShape,
@@ -53,7 +55,7 @@ def apq_rows(entries: dict, spec: BitFusionSpec = APQ_SPEC) -> dict[str, np.ndar
                 layer[6] > 1,
             )
         )
-    ours, apq, ours_mj, apq_mj, dw = (np.array(c) for c in zip(*rows))
+    ours, apq, ours_mj, apq_mj, dw = (np.array(c) for c in zip(*rows, strict=True))
     return {"cycles": ours, "apq_cycles": apq, "mj": ours_mj, "apq_mj": apq_mj, "dw": dw.astype(bool)}
 
 
@@ -71,10 +73,10 @@ def reference() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def networks() -> dict[str, list]:
-    return {
-        n: describe(getattr(torchvision.models, n)(weights=None), (3, 224, 224))
-        for n in ("resnet18", "mobilenet_v2")
-    }
+    """Layer shapes of torchvision ResNet-18 and MobileNetV2 (meta device: no weights)."""
+    with torch.device("meta"):
+        models = {n: getattr(torchvision.models, n)() for n in ("resnet18", "mobilenet_v2")}
+    return {n: describe(m, (3, 224, 224)) for n, m in models.items()}
 
 
 def rel_error(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -182,14 +184,17 @@ def test_uniform_4_bit_is_cheaper_than_8_bit(networks, net):
 
 def test_8_to_4_bits_on_both_operands_gives_about_4x_fewer_compute_cycles(networks):
     comp = np.array(
-        [shape_costs(ConvShape.from_layer(l, 1, l.input_group == 0))[2] for l in networks["resnet18"]]
+        [
+            shape_costs(ConvShape.from_layer(layer, 1, layer.input_group == 0), DEFAULT_SPEC)[2]
+            for layer in networks["resnet18"]
+        ]
     )
     assert 3.5 <= comp[:, 7, 7].sum() / comp[:, 3, 3].sum() <= 4.0
 
 
 def test_five_to_seven_bits_compute_like_eight_and_three_like_four():
     # a compute-bound 3x3 conv: the perf factor sets the cycles
-    comp = shape_costs(ConvShape(512, 512, (7, 7), (3, 3), (1, 1)))[2]
+    comp = shape_costs(ConvShape(512, 512, (7, 7), (3, 3), (1, 1)), DEFAULT_SPEC)[2]
     assert comp[4, 4] == comp[5, 5] == comp[6, 6] == comp[7, 7] == 4 * comp[3, 3]
 
 
