@@ -115,14 +115,14 @@ class MultipleChoiceIlp:
     def n_variables(self) -> int:
         return int(self._layer.size)
 
-    def evaluate(self, choice: Sequence[int]) -> tuple[float, dict[str, float]]:
+    def evaluate(self, choice: Sequence[int] | np.ndarray) -> tuple[float, dict[str, float]]:
         """Objective and per-row totals of an assignment (option index per layer)."""
         c = np.asarray(choice, dtype=np.int64)
         rows = np.arange(len(c))
         obj = float(self.objective[rows, c].sum())
         return obj, {r.name: float(np.asarray(r.coeffs)[rows, c].sum()) for r in self.rows}
 
-    def exclude(self, choice: Sequence[int]) -> None:
+    def exclude(self, choice: Sequence[int] | np.ndarray) -> None:
         """Forbid this exact assignment in later solves (a no-good cut)."""
         self._cuts.append(np.asarray(choice, dtype=np.int64).copy())
 
@@ -225,8 +225,8 @@ class MultipleChoiceIlp:
         if res.status == 2:
             what = ", ".join(f"{r.name} <= {r.limit:.6g}{_u(r)}" for r in self.rows) or "no budget"
             extra = " with the tie constraints and pinned layers" if (self.ties or self.fixed) else ""
-            cut = " and the assignments already excluded" if self._cuts else ""
-            raise SearchError(f"ILP infeasible: no assignment meets {what}{extra}{cut}; raise the budget or unpin layers")
+            cuts = " and the assignments already excluded" if self._cuts else ""
+            raise SearchError(f"ILP infeasible: no assignment meets {what}{extra}{cuts}; raise the budget or unpin layers")
         if res.x is None:
             raise SearchError(
                 f"ILP solver (scipy.optimize.milp / HiGHS) failed: {_STATUS.get(res.status, res.status)} - "
