@@ -141,7 +141,7 @@ def hutchinson_traces(
             g = reuse if reuse is not None else grads_of(x, y)
             hv = torch.autograd.grad(g, params, grad_outputs=v, retain_graph=reuse is not None)
             w = (int(y.shape[0]) / total) if reuse is None else 1.0
-            vhv += w * np.array([float((h * vi).sum()) for h, vi in zip(hv, v)])
+            vhv += w * np.array([float((h * vi).sum()) for h, vi in zip(hv, v, strict=True)])
         history.append(vhv)
         mean = np.mean(history, axis=0)
         change = np.abs(mean - running) / (np.abs(running) + 1e-6)
