@@ -26,8 +26,9 @@ Greedy walk (HAGO's ``GreedySearchTuner``)
     BitFusion, 2/4/8 bits, first and last layer pinned).
 
 Budget phase (our extension: HAGO has no budget)
-    If the walk's policy misses the budget, keep lowering the edge whose next step costs
-    the least accuracy per unit of budget saved (:func:`haq.search.greedy.descend_to_budget`).
+    If the walk's policy misses the budget, keep taking the move - one edge, or both edges
+    of a layer (a CPU only speeds up when both are int8) - one step down that costs the
+    least accuracy per unit of budget saved (:func:`haq.search.greedy.descend_to_budget`).
     Step drops come free from the walk (each walk trial measured one edge's step); steps
     never measured are estimated from them, and the best-ranked step is measured before it
     is taken. The last evaluation is kept for a policy planned to meet the budget, so the
