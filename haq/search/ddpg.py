@@ -22,13 +22,14 @@ rewards after the episode, which SB3's step-wise rollout collection cannot expre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch as th
-from scipy.stats import truncnorm
+from scipy.special import ndtr, ndtri
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.logger import Logger
@@ -48,14 +49,40 @@ def exploration_sigma(episode: int, warmup: int, sigma0: float = 0.5, decay: flo
 
 def truncated_normal(mu: float, sigma: float, rng: np.random.Generator, low: float = 0.0, high: float = 1.0) -> float:
     """One draw from the normal ``N(mu, sigma)`` truncated to ``[low, high]`` (HAQ's
-    ``sample_from_truncated_normal_distribution``): exploration that never leaves the
-    action range, instead of noise that is clipped onto its edges."""
+    ``sample_from_truncated_normal_distribution``, there via ``scipy.stats.truncnorm``):
+    exploration that never leaves the action range, instead of noise clipped onto its edges.
+
+    Inverse-CDF sampling with one uniform draw from ``rng``: ``x = mu + sigma
+    Phi^-1(U(Phi(a), Phi(b)))``. ``mu`` lies inside the range, so ``a <= 0 <= b`` and the
+    CDF is never evaluated deep in one tail only (where this form would lose precision);
+    it is ~50x faster than ``truncnorm.rvs`` per draw.
+    """
     mu = float(np.clip(mu, low, high))
     if sigma <= 0:
         return mu
-    a, b = (low - mu) / sigma, (high - mu) / sigma
-    x = truncnorm.rvs(a, b, loc=mu, scale=sigma, random_state=rng)
+    lo, hi = ndtr((low - mu) / sigma), ndtr((high - mu) / sigma)
+    x = mu + sigma * float(ndtri(rng.uniform(lo, hi)))
     return float(np.clip(x, low, high))
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op torch threads (None: unchanged), then restore.
+
+    The agent's networks are tiny (batch 64, width 300): extra threads only add
+    synchronisation, and on a busy 2-core machine OpenMP's spinning threads made one
+    gradient step 50x slower than single-threaded (46 s vs 0.8 s per episode, measured).
+    The evaluator keeps the process's setting.
+    """
+    if n is None or n == th.get_num_threads():
+        yield
+        return
+    old = th.get_num_threads()
+    th.set_num_threads(n)
+    try:
+        yield
+    finally:
+        th.set_num_threads(old)
 
 
 class SigmoidActor(Actor):
@@ -165,6 +192,8 @@ class HAQDDPG(DDPG):
             all negative (accuracy below fp32) and of nearly equal size, and the critic
             spends its capacity on that offset.
         device: torch device of the networks.
+        threads: torch intra-op threads while the agent computes (see :func:`torch_threads`;
+            None leaves the process's setting).
     """
 
     def __init__(
@@ -181,6 +210,7 @@ class HAQDDPG(DDPG):
         replay_per_layer: int = 128,
         baseline_alpha: float = 0.5,
         device: str = "cpu",
+        threads: int | None = 1,
     ) -> None:
         super().__init__(
             HAQPolicy,
@@ -204,6 +234,7 @@ class HAQDDPG(DDPG):
         self.rng = rng
         self.replay_buffer.rng = rng
         self.last_losses: dict[str, float] = {}
+        self.threads = threads
         self.set_logger(Logger(folder=None, output_formats=[]))
 
     def _excluded_save_params(self) -> list[str]:
@@ -214,7 +245,8 @@ class HAQDDPG(DDPG):
     def mu(self, obs: np.ndarray) -> float:
         """The actor's action for one observation, in [0, 1]."""
         x = th.as_tensor(np.asarray(obs, dtype=np.float32)[None], device=self.device)
-        return float(self.actor(x)[0, 0])
+        with torch_threads(self.threads):
+            return float(self.actor(x)[0, 0])
 
     def observe_episode(self, transitions: Sequence[Transition], final_reward: float, learn: bool) -> None:
         """HAQ's end-of-episode update (``rl_quantize.py`` ``train``): every transition of the
@@ -222,10 +254,11 @@ class HAQDDPG(DDPG):
         carry no information), and, once warm-up is over (``learn``), one gradient step
         follows each transition stored."""
         r = np.array([final_reward], dtype=np.float32)
-        for t in transitions:
-            self.replay_buffer.add(t.obs[None], t.next_obs[None], t.action[None], r, np.array([t.done]), [{}])
-            if learn:
-                self.train(gradient_steps=1, batch_size=self.batch_size)
+        with torch_threads(self.threads):
+            for t in transitions:
+                self.replay_buffer.add(t.obs[None], t.next_obs[None], t.action[None], r, np.array([t.done]), [{}])
+                if learn:
+                    self.train(gradient_steps=1, batch_size=self.batch_size)
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         """HAQ's ``update_policy``: DDPG with the moving-average reward baseline.
@@ -260,5 +293,5 @@ class HAQDDPG(DDPG):
 
             polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
             polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
-            self.last_losses = {"critic_loss": float(critic_loss), "actor_loss": float(actor_loss)}
+            self.last_losses = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
         self.policy.set_training_mode(False)
