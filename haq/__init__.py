@@ -3,7 +3,7 @@
 The library API::
 
     import haq
-    result = haq.search(model="digits-mobilenet", hardware="bitfusion", budget="latency=0.5", method="rl")
+    result = haq.search(model="digits-mobilenet", hardware="bitfusion", budget="latency=0.7", method="rl")
     result.best_policy.save("policy.json")
 
 ``haq.search`` here is the function :func:`haq.api.search`; the search methods themselves

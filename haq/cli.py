@@ -12,6 +12,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from haq.api import DEFAULT_BUDGET
+
 app = typer.Typer(
     help="Hardware-aware mixed-precision quantization search (HAQ, HAWQ-V3, HAGO, Quantune, baselines).",
     no_args_is_help=True,
@@ -26,7 +28,7 @@ WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="state-dic
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="digits or imagefolder:PATH (default: the model's own)")]
 InputSizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="image height = width in pixels")]
 HardwareOpt = Annotated[str, typer.Option("--hardware", "-H", help="hardware model (haq list hardware)")]
-BudgetOpt = Annotated[Optional[list[str]], typer.Option("--budget", "-b", help="latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; repeat for several")]
+BudgetOpt = Annotated[Optional[list[str]], typer.Option("--budget", "-b", help=f"default {DEFAULT_BUDGET}; latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; repeat for several")]
 CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax, percentile:P, entropy or mse")]
 WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
 ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmetric|unsigned|power-of-two -per-tensor")]
@@ -102,7 +104,7 @@ def search(
         opts["tensorboard_dir"] = str(tensorboard)
     config = SearchConfig(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
-        hardware=hardware, budget=tuple(budget or ["latency=0.5"]), method=method, seed=seed,
+        hardware=hardware, budget=tuple(budget or [DEFAULT_BUDGET]), method=method, seed=seed,
         max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
         quant=_quant(calibration, weight_quant, act_quant), options=opts,
     )
@@ -148,7 +150,7 @@ def compare(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     config = SearchConfig(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
-        hardware=hardware, budget=tuple(budget or ["latency=0.5"]), method=names[0] if names else "uniform",
+        hardware=hardware, budget=tuple(budget or [DEFAULT_BUDGET]), method=names[0] if names else "uniform",
         seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
         quant=_quant(calibration, weight_quant, act_quant),
     )

@@ -179,8 +179,33 @@ def policy_table(result, config) -> Any:  # noqa: ANN001 - SearchResult, SearchC
 
 
 def profile_model(hardware: str, model: str, input_size: int | None, batch: int, out: Path | None, quiet: bool):  # noqa: ANN201
-    """Measure a CPU or GPU latency profile of the model's layer shapes; returns (path, frame)."""
-    raise NotImplementedError
+    """Measure a CPU or GPU latency profile of the model's layer shapes; returns (path, frame).
+
+    The CSV is in the profile format (usable as ``--hardware table:PATH``).
+    """
+    from haq.simulators.measured import profile_machine
+
+    loaded = load_model(model, input_size=input_size, trained=False)
+    layers = describe(loaded.module, loaded.input_shape)
+    path = Path(out) if out is not None else Path(f"{model.replace(':', '_')}-{hardware}-b{batch}.csv")
+    progress = None
+    bar = None
+    if not quiet:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task(f"profiling {model} on {hardware}", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"profiling {what}")
+
+    try:
+        written = profile_machine(hardware, layers, path, batch=batch, model_name=model, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return written, pd.read_csv(written, comment="#")
 
 
 def _fmt(v: Any, unit: str = "") -> str:

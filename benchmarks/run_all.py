@@ -1,0 +1,33 @@
+"""Run every benchmark script in this folder (quick mode in CI) and fail if any fails.
+
+Each script prints its own figures and exits non-zero when it misses a target; this
+runner only sequences them and summarises. Usage: python benchmarks/run_all.py [--quick]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in {"run_all.py"} and not p.name.startswith("_"))
+    failed = []
+    for script in scripts:
+        print(f"\n=== {script.name}{' --quick' if quick else ''} ===", flush=True)
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(script), *(["--quick"] if quick else [])], cwd=HERE.parent)
+        print(f"--- {script.name}: exit {proc.returncode}, {time.perf_counter() - t:.1f} s", flush=True)
+        if proc.returncode != 0:
+            failed.append(script.name)
+    print(f"\nbenchmarks: {len(scripts) - len(failed)} passed, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

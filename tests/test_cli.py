@@ -1,0 +1,92 @@
+"""The CLI as a user runs it: one JSON object with --json; one line and exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _one_line_error(proc, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_help_lists_the_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for cmd in ("search", "compare", "evaluate", "cost", "profile", "plot", "list"):
+        assert cmd in proc.stdout
+
+
+@pytest.mark.parametrize("what", ["models", "data", "hardware", "methods"])
+def test_list_shows_the_registries(what):
+    proc = run_cli("list", what)
+    assert proc.returncode == 0, proc.stderr
+    expected = {"models": "digits-mobilenet", "data": "digits", "hardware": "bitfusion", "methods": "uniform"}[what]
+    assert expected in proc.stdout
+
+
+def test_cost_json_needs_no_data_and_works_for_torchvision():
+    proc = run_cli("cost", "--model", "resnet18", "--policy", "uniform:8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert round(out["size_mib"], 1) == 11.1 and round(out["bops_g"]) == 116
+    assert out["latency_ms"] is None and out["energy_mj"] is None
+
+
+def test_cost_on_hardware_per_layer_json():
+    proc = run_cli("cost", "--model", "mobilenet_v2", "--hardware", "bitfusion", "--policy", "uniform:4", "--per-layer", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["layers"]) == 53
+    assert out["latency_ms"] == pytest.approx(sum(r["latency_ms"] for r in out["layers"]))
+    assert out["energy_mj"] > 0
+
+
+def test_evaluate_json_reports_accuracy_size_and_bops():
+    proc = run_cli("evaluate", "--policy", "uniform:8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert 0.97 <= out["accuracy"] <= 1.0 and out["size_mib"] > 0 and out["bops_g"] > 0
+    assert out["split"] == "test"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["cost", "--model", "resnet81"], ["unknown model 'resnet81'", "did you mean"]),
+        (["cost", "--policy", "uniform:12"], ["is not a bitwidth"]),
+        (["cost", "--policy", "uniform:w4"], ["malformed"]),
+        (["cost", "--policy", "missing.json"], ["does not exist"]),
+        (["cost", "--hardware", "bitfusoin"], ["unknown hardware 'bitfusoin'", "did you mean bitfusion"]),
+        (["cost", "--hardware", "bitfusion", "--policy", "uniform:3"], ["bitfusion runs 2, 4 or 8 bits", "--round-up"]),
+        (["evaluate", "--policy", "uniform:8", "--data", "digts"], ["unknown data 'digts'", "did you mean digits"]),
+        (["list", "gadgets"], ["choose models, data, hardware or methods"]),
+        (["search", "--method", "rand"], ["unknown search method 'rand'", "did you mean random"]),
+        (["search", "--budget", "latncy=0.5"], ["unknown: did you mean latency"]),
+        (["search", "--episodes", "0"], ["--episodes 0: must be at least 1"]),
+        (["cost", "--model", "resnet18", "--weights", "nope.pt"], ["weights file nope.pt does not exist"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, fragments, tmp_path):
+    _one_line_error(run_cli(*args), *fragments)
+
+
+def test_round_up_maps_bits_the_hardware_lacks():
+    proc = run_cli("cost", "--hardware", "bitfusion", "--policy", "uniform:3", "--round-up", "--json")
+    assert proc.returncode == 0, proc.stderr
+    four = json.loads(run_cli("cost", "--hardware", "bitfusion", "--policy", "uniform:4", "--json").stdout)
+    assert json.loads(proc.stdout)["latency_ms"] == pytest.approx(four["latency_ms"])
+
+
+def test_a_malformed_policy_file_is_one_line(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text("{oops")
+    _one_line_error(run_cli("cost", "--policy", str(bad)), "not valid JSON")
