@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -22,8 +23,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from haq.api import SearchConfig, prepare, search
+from haq.api import SearchConfig, make_problem, prepare, search
+from haq.budget import Budget, CostModel
 from haq.errors import ConfigError, SearchError
+from haq.search import get_method, run_method
 from haq.search.hawq import PUBLISHED_BITS, HawqOptions, published_ilp, published_objective
 from haq.search.hessian import TraceSettings, hutchinson_traces, layer_traces
 from haq.search.ilp import BudgetRow, MultipleChoiceIlp
@@ -32,6 +35,16 @@ PUBLISHED = json.loads((Path(__file__).parent / "data" / "hawq_ilp_published.jso
 CONFIGS = [(m, c) for m in PUBLISHED for c in PUBLISHED[m]["expected"]]
 SUBOPTIMAL_SHIPPED = ("resnet50", "modelsize_0.25")  # the shipped config has a worse objective
 FAST_HESSIAN = {"hessian_max_iter": 20, "hessian_batch_size": 64}  # keeps first runs short
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Hessian-vector products on these small models gain nothing from intra-op threads, and on a
+    shared 2-core machine OpenMP's spin-waiting makes them 10-20x slower; restore afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ----- reproduction of HAWQ-V3's released ILP ------------------------------------------------
@@ -214,6 +227,17 @@ def test_traces_are_cached_per_model_data_and_settings(tmp_path, monkeypatch):
     assert len(list((tmp_path / "hessian").glob("*.json"))) == 4
 
 
+def test_a_frozen_model_gets_the_same_traces_as_a_trainable_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAQ_CACHE_DIR", str(tmp_path))
+    model, x, y = _tiny()
+    settings = TraceSettings(batch_size=32, max_iter=5)
+    trainable = layer_traces(model, ["0", "3", "5"], x, y, settings, use_cache=False)
+    model.requires_grad_(False)  # how many users ship an inference model
+    frozen = layer_traces(model, ["0", "3", "5"], x, y, settings, use_cache=False)
+    np.testing.assert_array_equal(trainable.traces, frozen.traces)
+    assert not any(p.requires_grad for p in model.parameters()), "the user's model is not modified"
+
+
 def test_a_model_with_no_trainable_weights_is_refused_with_one_line():
     model, x, y = _tiny()
     conv = model[0]
@@ -276,6 +300,15 @@ def test_hawq_independent_activations_meet_every_budget_and_tie_downsample_input
     for conv1, down in (("layer2.conv1", "layer2.downsample.0"), ("layer3.conv1", "layer3.downsample.0")):
         assert a[names.index(conv1)] == a[names.index(down)], "conv1 and downsample read one input"
     assert sorted(map(tuple, r.extras["ilp"]["ties"])) == [(3, 5), (6, 8)]
+
+
+def test_hawq_refuses_an_energy_budget_on_hardware_without_an_energy_table(ws_resnet):
+    config = SearchConfig(model="digits-resnet", hardware="bitfusion", method="hawq", budget=("size=0.6",))
+    problem = make_problem(config, ws_resnet)
+    costs = CostModel(ws_resnet.layers, dataclasses.replace(ws_resnet.table, energy_mj=None))
+    problem = dataclasses.replace(problem, costs=costs, budget=Budget.parse("energy=0.01mJ").resolve(costs.uniform(8)))
+    with pytest.raises(SearchError, match="hawq cannot express the energy budget on bitfusion: .* no per-layer energy"):
+        run_method(problem, get_method("hawq"), HawqOptions())
 
 
 def test_hawq_with_one_evaluation_returns_the_ilp_optimum(ws_resnet):

@@ -219,7 +219,7 @@ def budget_rows(problem: SearchProblem, opts: Options) -> list[BudgetRow]:
             arr = None if table is None else (table.latency_ms if key == "latency" else table.energy_mj)
             if arr is None:
                 raise SearchError(
-                    f"hawq cannot express a {key} budget on {problem.hardware.name}: the hardware model gives no "
+                    f"hawq cannot express the {key} budget on {problem.hardware.name}: the hardware model gives no "
                     f"per-layer {key} table; budget size or bops instead"
                 )
             rows_idx = np.arange(len(layers))[:, None]
@@ -286,21 +286,17 @@ def run_hawq(problem: SearchProblem, options: HawqOptions) -> dict[str, Any]:
     names = [s.name for s in problem.layers]
     settings = options.trace_settings
     settings = TraceSettings(settings.batches, settings.batch_size, settings.max_iter, settings.tol, problem.seed)
+    opts = layer_options(problem.choices, options.activation)
+    rows, fixed = budget_rows(problem, opts), pinned_options(problem, opts)  # cheap errors before the Hessian
     calib = ev.data.calib
     traces = layer_traces(ev.folded_model(), names, calib.x, calib.y, settings, use_cache=options.use_cache)
-    opts = layer_options(problem.choices, options.activation)
     images = calib.x[: traces.images] if options.activation == "independent" else None
     omega = sensitivity_table(problem, traces, opts, options.activation, images)
     ilp = MultipleChoiceIlp(
-        omega,
-        budget_rows(problem, opts),
-        ties=input_ties(problem),
-        labels=opts.a,
-        fixed=pinned_options(problem, opts),
-        time_limit_s=options.time_limit_s,
+        omega, rows, ties=input_ties(problem), labels=opts.a, fixed=fixed, time_limit_s=options.time_limit_s
     )
     alpha, ref = budget_alpha(problem)
-    rows = np.arange(problem.n_layers)
+    layer_idx = np.arange(problem.n_layers)
     solutions: list[dict[str, Any]] = []
     ilp_seconds = 0.0
     for n in range(1 + options.alternatives):
@@ -314,7 +310,7 @@ def run_hawq(problem: SearchProblem, options: HawqOptions) -> dict[str, Any]:
             break  # no further distinct solution within the budget
         ilp_seconds += sol.seconds
         ilp.exclude(sol.choice)
-        w, a = opts.w[rows, sol.choice], opts.a[rows, sol.choice]
+        w, a = opts.w[layer_idx, sol.choice], opts.a[layer_idx, sol.choice]
         trial = problem.evaluate(w, a)
         solutions.append({"rank": n, "objective": sol.objective, "status": sol.status, "trial": trial.index,
                           "accuracy": trial.accuracy, "feasible": trial.feasible})
