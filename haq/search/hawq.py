@@ -254,8 +254,11 @@ def budget_alpha(problem: SearchProblem) -> tuple[dict[str, float], tuple[int, i
     with lo = 4 (or the lowest choice where 4 is not offered); pinned layers at 8 in both."""
     hi_w, _ = problem.max_policy()
     free = [i for i in range(problem.n_layers) if i not in problem.pinned]
-    lo_bits = 4 if all(4 in problem.choices[i] for i in free) else min(min(problem.choices[i]) for i in free) if free else 4
-    hi_bits = 8 if all(8 in problem.choices[i] for i in free) else max(max(problem.choices[i]) for i in free) if free else 8
+    lo_bits, hi_bits = 4, 8
+    if free and not all(4 in problem.choices[i] for i in free):
+        lo_bits = min(min(problem.choices[i]) for i in free)
+    if free and not all(8 in problem.choices[i] for i in free):
+        hi_bits = max(max(problem.choices[i]) for i in free)
     lo = hi_w.copy()
     hi = hi_w.copy()
     lo[free] = lo_bits
