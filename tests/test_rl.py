@@ -44,7 +44,8 @@ def ws():
 
 def config(episodes: int, seed: int = 0, **options) -> SearchConfig:
     opts = {"warmup_episodes": 3, **options}
-    return SearchConfig(hardware=HW, method="rl", seed=seed, max_evaluations=episodes, options=opts)
+    return SearchConfig(hardware=HW, budget=("latency=0.5",), method="rl", seed=seed, max_evaluations=episodes,
+                        options=opts)
 
 
 def problem_of(ws, episodes: int = 10, seed: int = 0):
@@ -331,7 +332,7 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from haq.api import SearchConfig
     from haq.runs import run_search
-    cfg = SearchConfig(hardware="bismo-edge", method="rl", seed=11, max_evaluations=16,
+    cfg = SearchConfig(hardware="bismo-edge", budget=("latency=0.5",), method="rl", seed=11, max_evaluations=16,
                        options={"warmup_episodes": 3, "checkpoint_every": 2})
     run_search(cfg, sys.argv[1], resume=len(sys.argv) > 2)
 """)

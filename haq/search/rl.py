@@ -30,6 +30,7 @@ import csv
 import io
 import signal
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -116,17 +117,21 @@ def build_agent(env: Any, n_layers: int, options: RLOptions, rng: np.random.Gene
         return HAQDDPG(env, n_layers, rng, **options.agent_kwargs())
 
 
-def play_episode(env: Any, agent: HAQDDPG, rng: np.random.Generator, episode: int, options: RLOptions
-                 ) -> tuple[list[Transition], float, dict[str, Any]]:
+def play_episode(env: Any, agent: HAQDDPG, rng: np.random.Generator, episode: int, options: RLOptions,
+                 clock: dict[str, float] | None = None) -> tuple[list[Transition], float, dict[str, Any]]:
     """One episode: uniform random actions during warm-up, then a truncated normal around
-    the actor's action. Returns the transitions, the final reward and the final ``info``."""
+    the actor's action. Returns the transitions, the final reward and the final ``info``;
+    adds the seconds spent choosing actions to ``clock["acting_s"]``."""
     obs, _ = env.reset()
     learned = episode >= options.warmup_episodes
     sigma = exploration_sigma(episode, options.warmup_episodes, options.sigma_init, options.sigma_decay)
     transitions: list[Transition] = []
     while True:
+        t0 = time.perf_counter()
         a = truncated_normal(agent.mu(obs), sigma, rng) if learned else float(rng.uniform(0.0, 1.0))
         action = np.array([a], dtype=np.float32)
+        if clock is not None:
+            clock["acting_s"] = clock.get("acting_s", 0.0) + time.perf_counter() - t0
         next_obs, reward, terminated, truncated, info = env.step(action)
         transitions.append(Transition(obs, action, next_obs, bool(terminated)))
         obs = next_obs
@@ -306,13 +311,14 @@ def run_rl(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
     agent.set_logger(logger)
     best = max((t.accuracy for t in problem.trials if t.feasible), default=None)
     episode = start
+    clock = {"acting_s": 0.0, "learning_s": 0.0}
     try:
         with _InterruptGuard(enabled=folder is not None) as guard:
             for episode in range(start, problem.max_evaluations):
                 at_start = rng.bit_generator.state
                 guard.phase = "acting"
                 try:
-                    transitions, reward, info = play_episode(env, agent, rng, episode, options)
+                    transitions, reward, info = play_episode(env, agent, rng, episode, options, clock)
                 except (KeyboardInterrupt, SearchError) as exc:
                     guard.phase = "saving"
                     if folder is not None:
@@ -324,7 +330,9 @@ def run_rl(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
                     signum = guard.requested or signal.SIGINT
                     raise SearchInterrupted(_stopped(episode, folder, signum), signum) from None
                 guard.phase = "learning"
+                t0 = time.perf_counter()
                 agent.observe_episode(transitions, reward, learn=episode >= options.warmup_episodes)
+                clock["learning_s"] += time.perf_counter() - t0
                 if info["budget_met"] and (best is None or info["accuracy"] > best):
                     best = info["accuracy"]
                 _log_episode(logger, agent, episode, reward, info, best, options)
@@ -346,6 +354,8 @@ def run_rl(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
         "final_sigma": exploration_sigma(max(episode - 1, 0), options.warmup_episodes, options.sigma_init,
                                          options.sigma_decay),
         "reward_baseline": agent.reward_baseline,
+        "agent_acting_s": clock["acting_s"],  #: choosing actions (actor forward + exploration), this process
+        "agent_learning_s": clock["learning_s"],  #: replay inserts + gradient steps, this process
     }
 
 
