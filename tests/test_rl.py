@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from haq.envs.quantization_env import MixedPrecisionEnv
 
 from haq.api import SearchConfig, make_problem, method_options, prepare
+from haq.envs.quantization_env import MixedPrecisionEnv
 from haq.errors import ConfigError, RunDirError, SearchError
 from haq.runs import run_search
 from haq.search import get_method, run_method
