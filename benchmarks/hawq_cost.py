@@ -131,6 +131,9 @@ def traces(models: tuple[str, ...], threads: int, max_iter: int, resnet_batch: i
         print(f"   {name:17s} {r['layers']:6d} {r['params_m']:8.3f} {r['images']:6d} {r['probes']:6d} {r['seconds']:8.1f} {r['cpu_s']:7.1f} "
               f"{r['seconds'] / r['probes']:8.3f} {r['peak_mib']:8.0f} {r['peak_mib'] - r['peak_before_mib']:10.0f} "
               f"{r['median_rel_se']:13.3f}")
+    if load[0] > (os.cpu_count() or 1) and threads > 1:
+        print(f"   note: load {load[0]:.1f} exceeds the {os.cpu_count()} cores; with {threads} torch threads OpenMP's "
+              "spin-waiting inflates these times many-fold - rerun with --threads 1 or on an idle machine")
     verdict = "" if quick else f" (goal <= {TRACE_GOAL_S:.0f} s: {'met' if total <= TRACE_GOAL_S else 'missed'})"
     print(f"   total {total:.1f} s{verdict}")
 
