@@ -23,7 +23,15 @@ from haq.errors import ConfigError, RunDirError, SearchError
 from haq.runs import run_search
 from haq.search import get_method, run_method
 from haq.search.ddpg import HAQDDPG, SigmoidActor, Transition, exploration_sigma, truncated_normal
-from haq.search.rl import RLOptions, SearchInterrupted, _identity, build_agent, restore, save_checkpoint
+from haq.search.rl import (
+    RLOptions,
+    SearchInterrupted,
+    _identity,
+    _InterruptGuard,
+    build_agent,
+    restore,
+    save_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HW = "bismo-edge"  # latency=0.5 is reachable there with first/last pinned
@@ -295,6 +303,28 @@ def test_sigint_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(ws,
     assert bits(resumed.history) == bits(full.history)
     assert (tmp_path / "cut" / "policy.json").read_text() == (tmp_path / "full" / "policy.json").read_text()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_sigterm_while_playing_stops_at_once_with_a_checkpoint_of_the_episode_start(ws, tmp_path):
+    cfg = config(6, checkpoint_every=0)
+    p = make_problem(cfg, ws)
+    p.run_dir = tmp_path
+    p.on_trial = lambda t: signal.raise_signal(signal.SIGTERM) if t.index == 2 else None
+    with pytest.raises(SearchInterrupted, match="SIGTERM") as info:
+        run_method(p, get_method("rl"), method_options(cfg))
+    assert info.value.signum == signal.SIGTERM
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["episode"] == 2
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_signal_while_learning_is_honoured_after_the_episode_and_a_second_one_at_once():
+    guard = _InterruptGuard(enabled=True)
+    with guard:
+        guard.phase = "learning"
+        signal.raise_signal(signal.SIGTERM)  # noted, not raised: the agent is mid-update
+        assert guard.requested == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
 
 
 class _NaNAfter:
