@@ -145,7 +145,7 @@ class _InterruptGuard:
     """SIGINT/SIGTERM during a search. While an episode is being played (``phase ==
     "acting"``, agent untouched since the last episode) the signal interrupts at once and the
     loop checkpoints the episode's start; while the agent learns or saves, it is noted and
-    honoured at the end of the episode. A second signal interrupts at once in any phase
+    honoured right after (checkpoint, then stop). A second signal interrupts at once in any phase
     (the last checkpoint on disk stays valid). Handlers are only installed in the main
     thread and are restored afterwards."""
 
@@ -303,7 +303,9 @@ def run_rl(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
 
     env = MixedPrecisionEnv(problem=problem, reward_scale=options.reward_scale)
     rng = np.random.default_rng(problem.seed)
+    t0 = time.perf_counter()
     agent = build_agent(env, problem.n_layers, options, rng)
+    build_s = time.perf_counter() - t0
     folder = problem.run_dir / "checkpoint" if problem.run_dir is not None else None
     identity = _identity(problem, options)
     start = restore(folder, agent, rng, problem, identity) if folder is not None else 0
@@ -318,14 +320,15 @@ def run_rl(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
                 at_start = rng.bit_generator.state
                 guard.phase = "acting"
                 try:
+                    if guard.requested:  # arrived between two episodes
+                        raise KeyboardInterrupt
                     transitions, reward, info = play_episode(env, agent, rng, episode, options, clock)
                 except (KeyboardInterrupt, SearchError) as exc:
+                    if folder is None:
+                        raise
                     guard.phase = "saving"
-                    if folder is not None:
-                        save_checkpoint(folder, agent, episode, at_start, identity)
+                    save_checkpoint(folder, agent, episode, at_start, identity)
                     if isinstance(exc, SearchError):
-                        if folder is None:
-                            raise
                         raise SearchError(f"RL episode {episode}: {exc}; checkpoint saved in {folder}") from None
                     signum = guard.requested or signal.SIGINT
                     raise SearchInterrupted(_stopped(episode, folder, signum), signum) from None
@@ -343,7 +346,6 @@ def run_rl(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
                     save_checkpoint(folder, agent, done, rng.bit_generator.state, identity)
                 if guard.requested:
                     raise SearchInterrupted(_stopped(done, folder, guard.requested), guard.requested)
-                guard.phase = "idle"
             episode = problem.max_evaluations
     finally:
         logger.close()
@@ -354,6 +356,7 @@ def run_rl(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
         "final_sigma": exploration_sigma(max(episode - 1, 0), options.warmup_episodes, options.sigma_init,
                                          options.sigma_decay),
         "reward_baseline": agent.reward_baseline,
+        "agent_build_s": build_s,  #: constructing the agent (the first torch optimizer imports torch._dynamo)
         "agent_acting_s": clock["acting_s"],  #: choosing actions (actor forward + exploration), this process
         "agent_learning_s": clock["learning_s"],  #: replay inserts + gradient steps, this process
     }
