@@ -12,6 +12,13 @@ transitions enter the replay buffer with the final reward, each followed by one 
 step. The best policy is the most accurate feasible one (= highest reward), re-measured on
 the test split by :func:`haq.search.base.run_method`.
 
+Differences from the reference loop, all deliberate: warm-up is episodes ``0 ..
+warmup-1`` (the reference's ``episode <= warmup`` acts randomly for ``warmup + 1`` episodes and
+its sigma starts at ``0.5 * 0.99``); no dummy transition is appended after each episode (the
+reference's sequential memory needs one to give the last step a next state, SB3's buffer
+stores next states); the reward is held-out accuracy without finetuning (see the
+environment).
+
 Checkpoints (``<run>/checkpoint/``) are written every ``checkpoint_every`` episodes, at the
 end, and when the search is interrupted (SIGINT/SIGTERM, or a non-finite accuracy):
 ``state.json`` (episode counter, generator state, reward baseline, what the checkpoint
