@@ -17,21 +17,31 @@ Calibrators (``QuantScheme.calibration``):
   the given bitwidth (searched over 100 candidates on the histogram).
 
 ``entropy`` and ``mse`` depend on the bitwidth; ranges are cached per (layer, bits).
+
+The statistics are cached on disk (:func:`cached_stats`): one ``.npz`` (no pickles) per
+(folded model weights, calibration images, layers), so a second process - a Ray worker, a
+resumed search, the next test - reads them instead of re-running the model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver
 
+from haq.atomic import atomic_write_bytes
+from haq.cache import cache_dir
 from haq.quant.quantizers import activation_params
 
 HIST_BINS = 2048
+STATS_VERSION = 1  #: bump when collect_stats changes what it computes
 
 
 @dataclass
@@ -114,6 +124,46 @@ def collect_stats(
     ]
 
 
+def stats_key(model: nn.Module, layer_names: Sequence[str], images: torch.Tensor) -> str:
+    """Content key of the statistics of ``model`` (weights and buffers) on ``images``."""
+    h = hashlib.sha256(f"v{STATS_VERSION}:{HIST_BINS}:{','.join(layer_names)}".encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(str((tuple(images.shape), str(images.dtype))).encode())
+    h.update(images.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def cached_stats(
+    model: nn.Module, layer_names: Sequence[str], images: torch.Tensor
+) -> tuple[list[ActivationStats], Literal["disk", "collected"]]:
+    """Statistics of the inputs of ``layer_names`` (modules of ``model``) over ``images``,
+    read from the on-disk cache when present, else collected and written there.
+
+    Returns the statistics and where they came from. A cache file that cannot be read is
+    recomputed and overwritten, never trusted.
+    """
+    path = cache_dir("calibration") / f"stats-{stats_key(model, layer_names, images)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+            return [ActivationStats.from_arrays(arrays, f"l{i}") for i in range(len(layer_names))], "disk"
+        except Exception:  # truncated, stale or foreign file: collect again
+            pass
+    modules = [model.get_submodule(n) for n in layer_names]
+    stats = collect_stats(model, modules, images)
+    arrays = {}
+    for i, st in enumerate(stats):
+        arrays.update(st.to_arrays(f"l{i}"))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+    return stats, "collected"
+
+
 def calibrate(stats: ActivationStats, method: str, bits: int, mode: str) -> tuple[float, float]:
     """The (lo, hi) activation range chosen by ``method`` for ``bits`` under ``mode``."""
     if method == "minmax":
@@ -124,7 +174,8 @@ def calibrate(stats: ActivationStats, method: str, bits: int, mode: str) -> tupl
         return _percentile_range(stats, float(method.split(":", 1)[1]))
     if method == "entropy":
         t = _kl_threshold(stats.abs_hist, stats.abs_max, _levels(stats, bits, mode))
-        return (-t if stats.min < 0 else 0.0), t
+        # the threshold is on |x|: clip it to each side's observed extent
+        return (max(-t, stats.min) if stats.min < 0 else 0.0), min(t, stats.max)
     if method == "mse":
         return _mse_range(stats, bits, mode)
     raise ValueError(f"unknown calibrator {method!r}")  # QuantScheme validated it already
@@ -146,7 +197,7 @@ def _percentile_range(stats: ActivationStats, p: float) -> tuple[float, float]:
         return stats.min, stats.max
     cdf = np.cumsum(stats.hist) / total
     edges = _bin_edges(stats.min, stats.max)
-    hi = float(edges[min(np.searchsorted(cdf, p / 100.0) + 1, HIST_BINS)])
+    hi = float(edges[min(int(np.searchsorted(cdf, p / 100.0)) + 1, HIST_BINS)])
     lo = float(edges[np.searchsorted(cdf, 1 - p / 100.0)]) if stats.min < 0 else stats.min
     return lo, hi
 

@@ -71,6 +71,8 @@ def fold_batchnorm(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Mod
             continue
         conv, bn = modules[conv_name], modules[bn_name]
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+        if bn.running_mean is None or bn.running_var is None:  # batch statistics even in eval
+            continue
         with torch.no_grad():
             w, b = fuse_conv_bn_weights(
                 conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias

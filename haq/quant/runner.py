@@ -1,0 +1,163 @@
+"""Forward passes of the fake-quantized model: eager, or compiled once by ``torch.compile``.
+
+Why compile: in eager mode every activation fake-quant is its own memory-bound kernel
+(2-3x the float forward on small and depthwise models); compiled, inductor fuses it into
+the neighbouring element-wise ops and the evaluation costs about one float forward.
+
+How a new policy avoids recompiling: every policy-dependent value lives in a tensor
+(:mod:`haq.quant.qlayer`), weights are overwritten in place, and the batch dimension is
+marked dynamic, so the last partial batch and another split's size reuse the same graph.
+A one-image batch is padded to two (dynamo specialises sizes 0 and 1).
+
+Which path runs (``compile=``):
+
+* ``False`` - eager, always.
+* ``True`` - compiled from the first forward pass.
+* ``"auto"`` - ski rental: run eager, and compile once the eager evaluations done so far
+  have taken as long as one compilation is expected to take (``compile_cost_s``, 30 s by
+  default: inductor on 2 CPU cores, ResNet-18 or MobileNetV2). The total time then never
+  exceeds about twice that of the better choice made in hindsight, and short runs (tests,
+  a few dozen evaluations of a small model) never pay for a compilation.
+
+If compiling or running the compiled graph raises anything, the runner falls back to eager
+for good and keeps the reason in ``compile_error``; nothing is printed or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+import torch
+from torch import nn
+
+CompileOption = Literal["auto"] | bool
+DEFAULT_COMPILE_COST_S = 30.0
+
+T = TypeVar("T")
+_graphs_compiled = 0  # graphs compiled by _counting_inductor, process-wide
+
+
+def graphs_compiled() -> int:
+    """How many graphs haq's compile backend has compiled in this process (all evaluators)."""
+    return _graphs_compiled
+
+
+def _counting_inductor(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+    """Inductor, counting each graph it is handed (a recompilation is one more graph).
+
+    One module-level backend, so evaluators of the same architecture share compiled code.
+    Inductor's layout optimisation is off: it would re-layout every weight to channels-last
+    on each call (slower on ResNet-18) and change the conv kernels, so compiled results would
+    differ from eager ones in the last float bits. With it off, and the model already in the
+    memory format the evaluator chose, compiled and eager logits are bit-identical.
+    """
+    global _graphs_compiled
+    _graphs_compiled += 1
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches={"layout_optimization": False})
+
+
+def _quiet_import_cpp_extension() -> None:
+    """Inductor imports ``torch.utils.cpp_extension``, which logs a warning on machines
+    without a CUDA runtime; import it once with that logger silenced (the library never
+    prints)."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        log.setLevel(level)
+
+
+class ForwardRunner:
+    """Counts correct top-1 predictions of ``module`` over a split, eager or compiled.
+
+    With ``channels_last`` the module's 4-d weights and every input batch are put in
+    channels-last memory format (oneDNN's fast layout for depthwise convs).
+
+    Attributes:
+        path: ``"eager"`` or ``"compiled"`` - what the next forward pass runs.
+        compile_count: graphs compiled for this runner (1 after warm-up; a policy change
+            must never add one).
+        compile_seconds: wall time of the forward passes that compiled, s.
+        compile_error: why compilation was abandoned (then ``path`` is ``"eager"``), or None.
+        eager_seconds: wall time spent in eager evaluations so far, s (the ``auto`` meter).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        compile: CompileOption = "auto",
+        compile_cost_s: float = DEFAULT_COMPILE_COST_S,
+        channels_last: bool = False,
+    ) -> None:
+        if compile not in ("auto", True, False):
+            from haq.errors import ConfigError
+
+            raise ConfigError(f"compile={compile!r} is not an option: use 'auto', True or False")
+        self.module = module
+        self.mode = compile
+        self.compile_cost_s = float(compile_cost_s)
+        self.path: Literal["eager", "compiled"] = "compiled" if compile is True else "eager"
+        self.compile_count = 0
+        self.compile_seconds = 0.0
+        self.compile_error: str | None = None
+        self.eager_seconds = 0.0
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            module.to(memory_format=torch.channels_last)  # 4-d weights and buffers, in place
+        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def count_correct(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> int:
+        """Correct predictions on images ``x`` ``(N, C, H, W)`` with labels ``y`` ``(N,)``."""
+        hits = self._map_batches(x, batch_size, lambda s, out: int((out.argmax(1) == y[s : s + batch_size]).sum()))
+        return sum(hits)
+
+    def logits(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Outputs ``(N, classes)`` on images ``x`` ``(N, C, H, W)`` (an ordinary tensor)."""
+        outs = self._map_batches(x, batch_size, lambda s, out: out)
+        return torch.cat(outs)  # outside inference mode: a normal tensor, usable anywhere
+
+    def _map_batches(self, x: torch.Tensor, batch_size: int, fn: Callable[[int, torch.Tensor], T]) -> list[T]:
+        """``fn(start, outputs)`` of every batch, in inference mode; meters eager time for auto."""
+        start_path, t0 = self.path, time.perf_counter()
+        results = []
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                xb = x[start : start + batch_size].contiguous(memory_format=self.memory_format)
+                results.append(fn(start, self.forward(xb)))
+        if start_path == "eager" and self.path == "eager":
+            self.eager_seconds += time.perf_counter() - t0
+            if self.mode == "auto" and self.compile_error is None and self.eager_seconds >= self.compile_cost_s:
+                self.path = "compiled"
+        return results
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.path == "compiled":
+            try:
+                return self._forward_compiled(x)
+            except Exception as exc:  # any compiler failure: eager from now on
+                self.compile_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+                self.path = "eager"
+                self._compiled = None
+        return self.module(x)
+
+    def _forward_compiled(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is None:
+            _quiet_import_cpp_extension()
+            self._compiled = torch.compile(self.module, backend=_counting_inductor, dynamic=None)
+        n = x.shape[0]
+        if n == 1:  # a size-1 dimension would be specialised: pad, then drop the copy
+            x = torch.cat([x, x])
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        before, t0 = _graphs_compiled, time.perf_counter()
+        out = self._compiled(x)
+        if _graphs_compiled != before:
+            self.compile_count += _graphs_compiled - before
+            self.compile_seconds += time.perf_counter() - t0
+        return out[:n]
