@@ -64,6 +64,8 @@ class SearchConfig:
             raise ConfigError(f"--max-bits {self.max_bits}: use 1-8, 16 or 32")
         if self.max_evaluations is not None and self.max_evaluations < 1:
             raise ConfigError(f"--max-evaluations {self.max_evaluations}: must be at least 1")
+        Budget.parse(list(self.budget))  # malformed budgets fail here, before any work
+        QuantScheme.from_dict(self.quant)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

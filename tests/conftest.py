@@ -43,11 +43,39 @@ def mobilenet_evaluator(mobilenet, digits):
     return Evaluator(mobilenet.module, digits)
 
 
-def run_cli(*args: str, cwd: Path | None = None):
-    """Run the real `haq` entry point in a subprocess; returns CompletedProcess."""
-    import subprocess
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli(*args: str, cwd: Path | None = None, subprocess: bool = False) -> CliResult:
+    """Run `haq ARGS` as a user would: exit code, stdout, stderr.
+
+    In-process through the real entry point (:func:`haq.cli.main`) by default, which is
+    what the console script calls; ``subprocess=True`` runs ``python -m haq.cli``.
+    """
+    import contextlib
+    import io
     import sys
 
-    return subprocess.run(
-        [sys.executable, "-m", "haq.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT, env=os.environ.copy()
-    )
+    if subprocess:
+        import subprocess as sp
+
+        proc = sp.run([sys.executable, "-m", "haq.cli", *args], capture_output=True, text=True,
+                      cwd=cwd or ROOT, env=os.environ.copy())
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    from haq.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = Path.cwd()
+    code = 0
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+    finally:
+        os.chdir(old)
+    return CliResult(code, out.getvalue(), err.getvalue())

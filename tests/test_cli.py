@@ -18,8 +18,8 @@ def _one_line_error(proc, *fragments: str) -> None:
         assert f in lines[0], lines[0]
 
 
-def test_help_lists_the_commands():
-    proc = run_cli("--help")
+def test_help_lists_the_commands_from_the_installed_entry_point():
+    proc = run_cli("--help", subprocess=True)
     assert proc.returncode == 0
     for cmd in ("search", "compare", "evaluate", "cost", "profile", "plot", "list"):
         assert cmd in proc.stdout
@@ -73,10 +73,12 @@ def test_evaluate_json_reports_accuracy_size_and_bops():
         (["search", "--budget", "latncy=0.5"], ["unknown: did you mean latency"]),
         (["search", "--episodes", "0"], ["--episodes 0: must be at least 1"]),
         (["cost", "--model", "resnet18", "--weights", "nope.pt"], ["weights file nope.pt does not exist"]),
+        (["search", "--budget", "latency=0.1", "--method", "uniform"], ["latency=0.1 is below the cheapest reachable", "of 8-bit on bitfusion"]),
+        (["plot", "."], ["is not a run directory"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, fragments, tmp_path):
-    _one_line_error(run_cli(*args), *fragments)
+    _one_line_error(run_cli(*args, cwd=tmp_path), *fragments)
 
 
 def test_round_up_maps_bits_the_hardware_lacks():
@@ -86,7 +88,7 @@ def test_round_up_maps_bits_the_hardware_lacks():
     assert json.loads(proc.stdout)["latency_ms"] == pytest.approx(four["latency_ms"])
 
 
-def test_a_malformed_policy_file_is_one_line(tmp_path):
+def test_a_malformed_policy_file_is_one_line_even_from_a_subprocess(tmp_path):
     bad = tmp_path / "p.json"
     bad.write_text("{oops")
-    _one_line_error(run_cli("cost", "--policy", str(bad)), "not valid JSON")
+    _one_line_error(run_cli("cost", "--policy", str(bad), subprocess=True), "not valid JSON")
