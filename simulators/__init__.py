@@ -49,11 +49,7 @@ def _load_builtin() -> None:
     import importlib
 
     for mod in ("bitfusion", "bismo", "measured"):
-        try:
-            importlib.import_module(f"haq.simulators.{mod}")
-        except ModuleNotFoundError as exc:  # a module not written yet during development
-            if exc.name != f"haq.simulators.{mod}":
-                raise
+        importlib.import_module(f"haq.simulators.{mod}")
 
 
 __all__ = [

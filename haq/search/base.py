@@ -62,7 +62,7 @@ class Trial:
     wall_s: float
 
 
-def bits_str(bits: Sequence[int]) -> str:
+def bits_str(bits: Sequence[int] | np.ndarray) -> str:
     """Bits as the space-separated string of history.csv (layer order)."""
     return " ".join(str(int(b)) for b in bits)
 
@@ -154,7 +154,9 @@ class SearchProblem:
             hi[i] = self.pinned_bits if self.pinned_bits in self.choices[i] else max(self.choices[i])
         return hi, hi.copy()
 
-    def evaluate(self, w_bits: Sequence[int], a_bits: Sequence[int], reward: float | None = None) -> Trial:
+    def evaluate(
+        self, w_bits: Sequence[int] | np.ndarray, a_bits: Sequence[int] | np.ndarray, reward: float | None = None
+    ) -> Trial:
         """Measure one policy on the validation split; the only way a method sees accuracy.
 
         Raises :class:`EvaluationLimitReached` when the limit is spent and
