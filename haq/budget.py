@@ -195,14 +195,12 @@ class CostModel:
         self._bias_bytes = 4.0 * sum(s.bias_params for s in self.layers)
 
     def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> Cost:
-        w = np.asarray(w_bits)
-        a = np.asarray(a_bits)
-        lat, en = (None, None) if self.table is None else self.table.cost(w, a)
-        if lat is not None and not np.isfinite(lat):
-            lat = float("nan")
-        size = (float(self._params @ w) / 8 + self._bias_bytes) / 2**20
-        bops = float(self._macs @ (w * a)) / 1e9
-        return Cost(lat, en, size, bops)
+        w = np.asarray(w_bits, dtype=np.float64)
+        a = np.asarray(a_bits, dtype=np.float64)
+        lat, en = (None, None) if self.table is None else self.table.cost(w_bits, a_bits)
+        size = (self._params.dot(w) / 8 + self._bias_bytes) / 2**20
+        bops = self._macs.dot(w * a) / 1e9
+        return Cost(lat, en, float(size), float(bops))
 
     def uniform(self, bits: int = 8) -> Cost:
         b = np.full(len(self.layers), bits)

@@ -35,6 +35,9 @@ class CostTable:
     energy_mj: np.ndarray | None
     batch: int
     _rows: np.ndarray = field(init=False, repr=False, compare=False)
+    _base: np.ndarray = field(init=False, repr=False, compare=False)
+    _flat_lat: np.ndarray = field(init=False, repr=False, compare=False)
+    _flat_en: np.ndarray | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.layer_names)
@@ -44,6 +47,11 @@ class CostTable:
                     f"{self.hardware}: {what} table has shape {arr.shape}, expected {(n, NUM_SLOTS, NUM_SLOTS)}"
                 )
         object.__setattr__(self, "_rows", np.arange(n))
+        # Flat views so that one policy's cost is a single take() per quantity.
+        object.__setattr__(self, "_base", np.arange(n) * NUM_SLOTS * NUM_SLOTS)
+        object.__setattr__(self, "_flat_lat", np.ascontiguousarray(self.latency_ms, dtype=np.float64).ravel())
+        en = None if self.energy_mj is None else np.ascontiguousarray(self.energy_mj, dtype=np.float64).ravel()
+        object.__setattr__(self, "_flat_en", en)
 
     def __len__(self) -> int:
         return len(self.layer_names)
@@ -57,9 +65,9 @@ class CostTable:
 
     def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[float, float | None]:
         """Whole-model latency (ms) and energy (mJ or None) of one policy: the hot path."""
-        sw, sa = slots(w_bits), slots(a_bits)
-        lat = float(self.latency_ms[self._rows, sw, sa].sum())
-        en = None if self.energy_mj is None else float(self.energy_mj[self._rows, sw, sa].sum())
+        idx = self._base + slots(w_bits) * NUM_SLOTS + slots(a_bits)
+        lat = float(self._flat_lat.take(idx).sum())
+        en = None if self._flat_en is None else float(self._flat_en.take(idx).sum())
         return lat, en
 
 
