@@ -78,12 +78,18 @@ class Constraint:
     text: str
 
     def limit(self, reference: Cost) -> float:
-        if not self.relative:
-            return self.value
+        """The absolute limit; ``reference`` is the uniform 8-bit cost on the same hardware.
+
+        A key the hardware model does not cost (energy of a measured latency profile) is
+        refused, relative or absolute: otherwise every policy would "meet" it.
+        """
         ref = reference.get(self.key)
         if ref is None:
-            raise BudgetError(f"budget {self.text}: the hardware model gives no {self.key}; budget size or bops instead")
-        return self.value * ref
+            raise BudgetError(
+                f"budget {self.text}: the hardware model gives no {self.key}; choose a hardware model with "
+                f"{self.key} or budget latency, size or bops instead"
+            )
+        return self.value * ref if self.relative else self.value
 
 
 @dataclass(frozen=True)

@@ -86,9 +86,10 @@ def test_a_key_given_twice_is_refused():
         Budget.parse(["latency=0.5", "latency=0.4"])
 
 
-def test_a_relative_energy_budget_needs_a_hardware_with_energy():
+@pytest.mark.parametrize("text", ["energy=0.5", "energy=0.2mJ"])
+def test_an_energy_budget_needs_a_hardware_with_energy(text):
     with pytest.raises(BudgetError, match="gives no energy"):
-        Budget.parse("energy=0.5").resolve(Cost(1.0, None, 1.0, 1.0))
+        Budget.parse(text).resolve(Cost(1.0, None, 1.0, 1.0))
 
 
 def _size_problem(layers, limit_mib):
