@@ -92,3 +92,21 @@ def test_a_malformed_policy_file_is_one_line_even_from_a_subprocess(tmp_path):
     bad = tmp_path / "p.json"
     bad.write_text("{oops")
     _one_line_error(run_cli("cost", "--policy", str(bad), subprocess=True), "not valid JSON")
+
+
+def test_profile_cpu_writes_a_table_that_cost_reads(tmp_path):
+    csv = tmp_path / "digits-cpu.csv"
+    proc = run_cli("profile", "--hardware", "cpu", "--model", "digits-mobilenet", "--out", str(csv), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert csv.is_file() and csv.read_text().startswith("#")
+    cost = run_cli("cost", "--hardware", f"table:{csv}", "--policy", "uniform:8", "--json")
+    assert cost.returncode == 0, cost.stderr
+    assert json.loads(cost.stdout)["latency_ms"] > 0
+
+
+def test_profile_gpu_without_a_gpu_is_one_line(tmp_path):
+    proc = run_cli("profile", "--hardware", "gpu", "--model", "digits-mobilenet", "--out", str(tmp_path / "g.csv"))
+    if proc.returncode == 0:  # a machine with CUDA: the profile was measured
+        assert (tmp_path / "g.csv").is_file()
+    else:
+        _one_line_error(proc, "CUDA")
