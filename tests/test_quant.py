@@ -18,7 +18,7 @@ from haq.data import DataSplits, Split
 from haq.quant.calibration import ActivationStats, calibrate, collect_stats
 from haq.quant.evaluator import Evaluator
 from haq.quant.fold import fold_batchnorm
-from haq.quant.qlayer import QuantLayer, pack_activation
+from haq.quant.qlayer import QuantLayer
 from haq.quant.quantizers import activation_params, quantize_weight
 from haq.quant.scheme import QuantScheme
 
@@ -97,17 +97,19 @@ def test_activation_error_is_at_most_half_a_step_inside_the_range(bits, mode):
     assert torch.all((y - x).abs() <= s / 2 * (1 + 1e-4))
 
 
-def test_quant_layer_at_float_bits_is_the_identity_and_its_eager_kernel_matches_the_compiled_formula():
+@pytest.mark.parametrize("mode", ["asymmetric", "symmetric", "unsigned"])
+def test_quant_layer_matches_torch_fake_quant_exactly_and_is_the_identity_in_float(mode):
     conv = nn.Conv2d(3, 4, 3, padding=1)
     q = QuantLayer(conv)
     x = torch.randn(2, 3, 5, 5) * 3
     with torch.no_grad():
         assert torch.equal(q(x), conv(x))
-        params = activation_params(-4.0, 7.0, 4, "asymmetric")
-        q.set_activation(params)
-        p = pack_activation(params)
-        composite = (torch.clamp(torch.round(x * p[0]) + p[2], p[3], p[4]) - p[2]) * p[1]
-        assert torch.equal(q(x), conv._conv_forward(composite, q.weight, conv.bias))
+        for bits in (2, 4, 8):
+            s, z, qmin, qmax = activation_params(-4.0, 7.0, bits, mode)
+            q.set_activation((s, z, qmin, qmax))
+            s32 = float(torch.tensor(s, dtype=torch.float32))
+            ref = torch.fake_quantize_per_tensor_affine(x, s32, int(z), int(qmin), int(qmax))
+            assert torch.equal(q(x), conv._conv_forward(ref, q.weight, conv.bias))
         q.set_activation(None)
         assert torch.equal(q(x), conv(x))
 

@@ -65,9 +65,10 @@ class Evaluator:
         scheme: the global quantization scheme bit policies are applied with.
         layers: the model's layer descriptions (computed when omitted).
         batch_size: images per forward pass.
-        compile: ``"auto"`` (compile once the eager evaluations have cost as much as a
-            compilation is expected to), True (compile on the first evaluation) or False
-            (eager only). See :mod:`haq.quant.runner`; compiled and eager results agree.
+        compile: ``"auto"`` (compile once the eager evaluations have taken
+            ``compile_cost_s / 0.2`` s, when compiling would have paid for itself), True
+            (compile on the first evaluation) or False (eager only). See
+            :mod:`haq.quant.runner`; compiled and eager results are bit-identical.
         compile_cost_s: the compile time ``"auto"`` expects, s.
         channels_last: run in channels-last memory format; ``"auto"`` = when the model has
             depthwise layers (measured, 1 CPU thread: MobileNetV2 at 64x64 2x faster

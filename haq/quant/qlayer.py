@@ -6,13 +6,17 @@ A :class:`QuantLayer` keeps every per-policy value in a place where changing it 
 * ``weight`` - a buffer of the wrapped layer's shape, overwritten in place (``copy_``) with
   the cached fake-quantized weight of the current bitwidth. (Re-binding the buffer to
   another tensor would trip a guard and recompile; an in-place copy does not.)
-* ``a_params`` - a ``(6,)`` float32 buffer ``[1/scale, scale, zero, qmin, qmax, on]`` read
-  by the compiled graph, so a new bitwidth changes tensor values only.
-* plain Python numbers (``a_on``, ``a_scale``, ...) read by the eager path, which calls the
-  fused ``torch.fake_quantize_per_tensor_affine`` kernel and skips float layers entirely.
+* ``a_params`` - a ``(5,)`` float32 buffer ``[1/scale, scale, qmin - zero, qmax - zero, on]``
+  read by the compiled graph, so a new bitwidth changes tensor values only.
+* plain Python numbers (``a_on``, ``a_inv_scale``, ...) read by the eager path, which skips
+  float layers entirely.
 
-Both paths compute ``(clamp(round(x * (1/scale)) + zero, qmin, qmax) - zero) * scale`` in
-float32 with the same ``1/scale``, so they agree bit for bit on the quantized input.
+Both paths compute ``clamp(round(x * (1/scale)), qmin - zero, qmax - zero) * scale`` in
+float32 with the same ``1/scale``: exactly ``torch.fake_quantize_per_tensor_affine``'s
+``(clamp(round(x / scale) + zero, qmin, qmax) - zero) * scale`` (the integers are exact in
+float32), so eager, compiled and torch's reference agree bit for bit. Eager runs it as four
+in-place vectorised passes: measured 9x faster on CPU than torch's fused kernel, which is
+not vectorised for channels-last tensors (7.1 vs 0.8 ms on a (359, 96, 4, 4) tensor).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 #: index of each activation parameter in ``QuantLayer.a_params``
-INV_SCALE, SCALE, ZERO, QMIN, QMAX, ON = range(6)
+INV_SCALE, SCALE, LO, HI, ON = range(5)
 
 
 class QuantLayer(nn.Module):
@@ -32,19 +36,16 @@ class QuantLayer(nn.Module):
     swappable. Starts in float: input not quantized, weight = the wrapped layer's weight."""
 
     weight: torch.Tensor  #: (C_out, C_in/groups, kh, kw) or (out, in)
-    a_params: torch.Tensor  #: (6,) see module docstring
+    a_params: torch.Tensor  #: (5,) see module docstring
 
     def __init__(self, layer: nn.Conv2d | nn.Linear) -> None:
         super().__init__()
         self.inner = layer
         self.register_buffer("weight", layer.weight.detach().clone())
-        self.register_buffer("a_params", torch.tensor([1.0, 1.0, 0.0, 0.0, 255.0, 0.0]))
+        self.register_buffer("a_params", torch.tensor([1.0, 1.0, 0.0, 255.0, 0.0]))
         # eager path: the same values as Python numbers (no tensor ops to read them)
         self.a_on = False
-        self.a_scale = 1.0
-        self.a_zero = 0
-        self.a_qmin = 0
-        self.a_qmax = 255
+        self.a_inv_scale, self.a_scale, self.a_lo, self.a_hi = 1.0, 1.0, 0.0, 255.0
 
     def set_activation(self, params: tuple[float, float, float, float] | None, packed: torch.Tensor | None = None) -> None:
         """Quantize the input with ``(scale, zero, qmin, qmax)``, or leave it in float (None).
@@ -56,8 +57,7 @@ class QuantLayer(nn.Module):
             self.a_params[ON] = 0.0
             return
         packed = pack_activation(params) if packed is None else packed
-        self.a_scale = float(packed[SCALE])  # the float32 value, as the fused kernel will see it
-        self.a_zero, self.a_qmin, self.a_qmax = int(params[1]), int(params[2]), int(params[3])
+        self.a_inv_scale, self.a_scale, self.a_lo, self.a_hi = (float(v) for v in packed[:ON].tolist())
         self.a_on = True
         self.a_params.copy_(packed)
 
@@ -65,10 +65,10 @@ class QuantLayer(nn.Module):
         if torch.compiler.is_compiling():
             # traced once: every policy-dependent value is a tensor, so no guard on bits
             p = self.a_params
-            q = torch.clamp(torch.round(x * p[INV_SCALE]) + p[ZERO], p[QMIN], p[QMAX])
-            x = torch.where(p[ON] > 0, (q - p[ZERO]) * p[SCALE], x)
+            q = torch.clamp(torch.round(x * p[INV_SCALE]), p[LO], p[HI])
+            x = torch.where(p[ON] > 0, q * p[SCALE], x)
         elif self.a_on:
-            x = torch.fake_quantize_per_tensor_affine(x, self.a_scale, self.a_zero, self.a_qmin, self.a_qmax)
+            x = torch.mul(x, self.a_inv_scale).round_().clamp_(self.a_lo, self.a_hi).mul_(self.a_scale)
         inner = self.inner
         if isinstance(inner, nn.Conv2d):
             return inner._conv_forward(x, self.weight, inner.bias)
@@ -76,10 +76,12 @@ class QuantLayer(nn.Module):
 
 
 def pack_activation(params: tuple[float, float, float, float]) -> torch.Tensor:
-    """``(scale, zero, qmin, qmax)`` as the ``(6,)`` float32 ``a_params`` row (quantizing on)."""
+    """``(scale, zero, qmin, qmax)`` as the ``(5,)`` float32 ``a_params`` row (quantizing on).
+
+    ``1/scale`` is computed in float32, as torch's fake-quant kernels do."""
     scale, zero, qmin, qmax = params
     s = torch.tensor(scale, dtype=torch.float32)
-    return torch.tensor([float(1.0 / s), float(s), zero, qmin, qmax, 1.0], dtype=torch.float32)
+    return torch.tensor([float(1.0 / s), float(s), qmin - zero, qmax - zero, 1.0], dtype=torch.float32)
 
 
 def wrap_layers(model: nn.Module, names: Sequence[str]) -> list[QuantLayer]:
