@@ -1,0 +1,267 @@
+"""Quantune (design §7.4): an XGBoost surrogate over quantization configurations.
+
+Source: Lee et al., "Quantune: Post-training quantization of convolutional neural networks
+using extreme gradient boosting for fast deployment" (FGCS 2022); leejaymin/qaunt_xgboost.
+
+**Space.** A configuration is a global scheme - calibration images (1 / a tenth / all of
+the calibration split, the paper's 1 : 1000 : 10000 ladder), clipping (max or KL), schema
+(asymmetric, symmetric, symmetric-uint8, power-of-two) and weight granularity
+(per-tensor, per-channel): the paper's 48 - together with per-layer w/a bits (our
+extension, so Quantune answers the mixed-precision question under a budget). See
+:mod:`haq.search.quantune_space`.
+
+**Candidates.** The paper's space is finite (48 int8 configurations), ours is not, so each
+round scores a pool (``pool_size``) of unexplored, budget-feasible candidates: every
+global scheme at every feasible uniform bitwidth pair (the paper's int8 space when the
+budget allows 8 bits), random per-layer bits lowered to the budget with HAQ's loop, and -
+once something is measured - neighbours of the best measured configurations (one layer's
+weight or activation bits moved one step, or the same bits under another scheme).
+Infeasible candidates are never measured; the best feasible is returned.
+
+**Surrogate and loop.** :mod:`haq.search.surrogate`: retrain every round on every
+measured configuration plus the warm-start histories (other models, one query group
+each), score the pool, measure the top ``k`` (epsilon-greedy: our addition). Features:
+one-hot of the scheme, bit statistics and per-layer bits, and the model's 8 architecture
+features (:mod:`haq.search.quantune_arch`; counted on the BN-folded model the evaluator
+holds, so ``nodes`` and ``bn`` are unknown there).
+
+**Scheme adapter.** :meth:`SearchProblem.evaluate` measures with ``problem.evaluator``
+only. Until it takes a scheme, :func:`_measure_with_scheme` swaps in
+``evaluator.with_scheme(scheme)`` for one call (so counting, the limit, the budget check
+and the history row stay in ``SearchProblem``), records the scheme of every trial in the
+extras (``schemes``), and leaves the best trial's scheme in ``problem.evaluator`` so the
+final test-split measurement and ``policy.json``'s ``quant`` block use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from haq.budget import enforce_budget
+from haq.errors import ConfigError, ModelError
+from haq.search import register_method
+from haq.search.base import EvaluationLimitReached, MethodSpec, SearchProblem, Trial
+from haq.search.quantune_arch import ArchFeatures, architecture_features
+from haq.search.quantune_space import CALIBRATIONS, ConfigEncoder, QuantuneConfig, global_configs
+from haq.search.quantune_table import load_reference_table
+from haq.search.surrogate import Observations, Surrogate, SurrogateOptions, select
+
+
+@dataclass(frozen=True)
+class QuantuneOptions:
+    """Options of the ``quantune`` method (surrogate defaults: the paper's).
+
+    Attributes:
+        rounds: boosting rounds per surrogate fit (paper: 200).
+        eta: surrogate learning rate (paper: 0.30).
+        gamma: surrogate minimum split loss (paper: 1).
+        objective: ``rank:pairwise`` (default; order within each model) or
+            ``reg:squarederror`` (the paper's regression; accuracy in %).
+        k: configurations measured per round (paper: 1).
+        epsilon: probability that a pick is a random pool member (our addition; 0 =
+            the paper's greedy choice).
+        pool_size: candidates scored per round when the space is too large to score whole.
+        mixed: search per-layer bits (True) or only the global schemes at uniform bits.
+        warm_start: CSV files of other models' measured configurations, in the format of
+            ``quantune_measured_configs.csv``; models named there that
+            :data:`~haq.search.quantune_arch.REFERENCE_ARCHITECTURES` knows get their
+            architecture features.
+        threads: XGBoost threads per fit.
+    """
+
+    rounds: int = 200
+    eta: float = 0.30
+    gamma: float = 1.0
+    objective: str = "rank:pairwise"
+    k: int = 1
+    epsilon: float = 0.0
+    pool_size: int = 256
+    mixed: bool = True
+    warm_start: tuple[str, ...] = ()
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        self.surrogate()  # validates the shared fields
+        if self.pool_size < 1:
+            raise ConfigError(f"pool_size={self.pool_size} must be at least 1")
+        if isinstance(self.warm_start, str):
+            object.__setattr__(self, "warm_start", (self.warm_start,))
+
+    def surrogate(self) -> SurrogateOptions:
+        return SurrogateOptions(self.rounds, self.eta, self.gamma, self.objective, self.k, self.epsilon, self.threads)
+
+
+# ----- the scheme adapter (remove when SearchProblem.evaluate takes a scheme) -------------------
+def _measure_with_scheme(problem: SearchProblem, base: Any, config: QuantuneConfig, available: int | None) -> Trial:
+    """ADAPTER: measure ``config`` through ``problem.evaluate`` under its own scheme."""
+    problem.evaluator = base.with_scheme(_scheme(config, available))
+    try:
+        return problem.evaluate(np.asarray(config.w_bits), np.asarray(config.a_bits))
+    finally:
+        problem.evaluator = base
+
+
+def _scheme(config: QuantuneConfig, available: int | None):  # noqa: ANN202 - QuantScheme
+    if available is None:  # the evaluator does not tell its calibration size: always use all of it
+        return config.to_scheme(1).replace(calibration_images=None)
+    return config.to_scheme(available)
+
+
+def _calibration_size(evaluator: Any) -> int | None:
+    data = getattr(evaluator, "data", None)
+    calib = getattr(data, "calib", None)
+    return len(calib) if calib is not None else None
+
+
+def _arch_of(evaluator: Any) -> ArchFeatures:
+    """Architecture features of the evaluated model (BN-folded: nodes and bn unknown)."""
+    folded = getattr(evaluator, "folded_model", None)
+    if folded is None:
+        return ArchFeatures.unknown()
+    try:
+        f = architecture_features(folded())
+    except ModelError:
+        return ArchFeatures.unknown()
+    return ArchFeatures(float("nan"), f.conv, float("nan"), f.act, f.skip, f.depthwise, f.pointwise, f.size_mb)
+
+
+def _warm_start(paths: tuple[str, ...], encoder: ConfigEncoder) -> Observations:
+    obs = Observations.empty(encoder.width)
+    group = 0
+    for path in paths:
+        table = load_reference_table(Path(path))
+        for model in table.model_names:
+            rows = table.rows(model)
+            x = encoder.encode([table.configs[i] for i in rows], table.arch(model))
+            obs = obs.extend(x, table.accuracy[rows], group)
+            group += 1
+    return obs
+
+
+# ----- candidates ----------------------------------------------------------------------------
+class _Candidates:
+    """Generates unexplored, feasible candidates of one problem (see the module docstring)."""
+
+    def __init__(self, problem: SearchProblem, schemes: list[QuantuneConfig], mixed: bool) -> None:
+        self.p = problem
+        self.schemes = schemes
+        self.mixed = mixed
+        self.free = [i for i in range(problem.n_layers) if i not in set(problem.pinned)]
+        self.hi_w, self.hi_a = problem.max_policy()
+        self.steps = [sorted(c) for c in problem.choices]
+        self.uniform = self._uniform_bits()
+
+    def _uniform_bits(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Feasible uniform (w, a) policies (pinned layers at their pinned bits), highest first."""
+        free = [set(self.p.choices[i]) for i in self.free] or [set(c) for c in self.p.choices]
+        common = sorted(set.intersection(*free), reverse=True)
+        out = []
+        for wb in common:
+            for ab in common:
+                w, a = self.hi_w.copy(), self.hi_a.copy()
+                w[self.free], a[self.free] = wb, ab
+                if self.p.feasible(w, a):
+                    out.append((tuple(int(b) for b in w), tuple(int(b) for b in a)))
+        return out
+
+    def _random_bits(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        w, a = self.hi_w.copy(), self.hi_a.copy()
+        for i in self.free:
+            w[i], a[i] = rng.choice(self.steps[i]), rng.choice(self.steps[i])
+        return enforce_budget(w, a, self.p.costs, self.p.budget, self.p.choices, self.p.pinned)
+
+    def _neighbour(self, c: QuantuneConfig, rng: np.random.Generator) -> QuantuneConfig:
+        if not self.mixed or not self.free or rng.random() < 0.25:
+            return QuantuneConfig.with_bits(self.schemes[int(rng.integers(len(self.schemes)))], c.w_bits or (), c.a_bits or ())
+        w, a = np.array(c.w_bits or ()), np.array(c.a_bits or ())
+        arr, i = (w, a)[int(rng.integers(2))], self.free[int(rng.integers(len(self.free)))]
+        s = self.steps[i]
+        k = s.index(int(arr[i])) + (1 if rng.random() < 0.5 else -1)
+        arr[i] = s[min(max(k, 0), len(s) - 1)]
+        return QuantuneConfig.with_bits(c, w, a)
+
+    def pool(self, size: int, measured: dict[QuantuneConfig, float], rng: np.random.Generator) -> list[QuantuneConfig]:
+        """Up to ``size`` distinct unexplored feasible candidates."""
+        out: dict[QuantuneConfig, None] = {}
+
+        def offer(c: QuantuneConfig) -> None:
+            if c not in measured and c not in out and self.p.feasible(np.asarray(c.w_bits), np.asarray(c.a_bits)):
+                out[c] = None
+
+        uniform = [QuantuneConfig.with_bits(s, w, a) for s in self.schemes for w, a in self.uniform]
+        unexplored = [c for c in uniform if c not in measured]
+        quota = size // 2 if self.mixed else size
+        if len(unexplored) > quota:
+            unexplored = [unexplored[int(j)] for j in np.sort(rng.choice(len(unexplored), quota, replace=False))]
+        for c in unexplored:
+            offer(c)
+        if not self.mixed:
+            return list(out)
+        best = sorted(measured, key=measured.get, reverse=True)[:3]  # type: ignore[arg-type]
+        for _ in range(4 * size):
+            if len(out) >= size:
+                break
+            if best and rng.random() < 0.5:
+                offer(self._neighbour(best[int(rng.integers(len(best)))], rng))
+            else:
+                w, a = self._random_bits(rng)
+                offer(QuantuneConfig.with_bits(self.schemes[int(rng.integers(len(self.schemes)))], w, a))
+        return list(out)
+
+
+# ----- the method ----------------------------------------------------------------------------
+def run_quantune(problem: SearchProblem, options: QuantuneOptions) -> dict[str, Any]:
+    rng = np.random.default_rng(problem.seed)
+    base: Any = problem.evaluator  # an Evaluator (with_scheme) - see the scheme adapter
+    available = _calibration_size(base)
+    schemes = [c for c in global_configs() if available is not None or c.calibration == CALIBRATIONS[-1]]
+    cands = _Candidates(problem, schemes, options.mixed)
+    encoder = ConfigEncoder(problem.n_layers)
+    arch = _arch_of(base)
+    warm = _warm_start(options.warm_start, encoder)
+    target_group = int(warm.group.max()) + 1 if len(warm) else 0
+    surrogate = Surrogate(options.surrogate())
+    measured: dict[QuantuneConfig, float] = {}
+    used: list[QuantuneConfig] = []  # one per trial of this run, in trial order
+    first = problem.evaluations
+    try:
+        while True:
+            pool = cands.pool(options.pool_size, measured, rng)
+            if not pool:
+                break
+            obs = warm.extend(encoder.encode(list(measured), arch), [100 * v for v in measured.values()], target_group)
+            if surrogate.can_fit(obs):
+                surrogate.fit(obs, seed=int(rng.integers(2**31)))
+                scores = surrogate.predict(encoder.encode(pool, arch))
+            else:
+                scores = np.zeros(len(pool))
+            for i in select(scores, options.k, options.epsilon, rng):
+                trial = _measure_with_scheme(problem, base, pool[i], available)
+                used.append(pool[i])
+                measured[pool[i]] = trial.accuracy
+    except EvaluationLimitReached:
+        pass
+    best = problem.best
+    best_scheme = None
+    if best is not None and best.index >= first:  # ADAPTER: the final measurement uses the best's scheme
+        best_scheme = _scheme(used[best.index - first], available)
+        problem.evaluator = base.with_scheme(best_scheme)
+    return {
+        "schemes": [_scheme(c, available).to_dict() for c in used],
+        "best_scheme": None if best_scheme is None else best_scheme.to_dict(),
+        "warm_start_rows": len(warm),
+        "architecture": dict(zip(ArchFeatures.names(), arch.vector().tolist(), strict=True)),
+    }
+
+
+register_method(MethodSpec(
+    name="quantune",
+    summary="XGBoost surrogate over global quantization schemes and per-layer bits (Quantune), best feasible kept",
+    run=run_quantune,
+    options_type=QuantuneOptions,
+    default_evaluations=100,
+))
