@@ -110,8 +110,16 @@ def test_quant_layer_matches_torch_fake_quant_exactly_and_is_the_identity_in_flo
             s32 = float(torch.tensor(s, dtype=torch.float32))
             ref = torch.fake_quantize_per_tensor_affine(x, s32, int(z), int(qmin), int(qmax))
             assert torch.equal(q(x), conv._conv_forward(ref, q.weight, conv.bias))
+        q.set_activation("half")  # 16 bits: float16, as half-precision hardware runs it
+        assert torch.equal(q(x), conv(x.half().float()))
         q.set_activation(None)
         assert torch.equal(q(x), conv(x))
+
+
+def test_16_bits_is_float16_and_costs_nothing_on_accuracy(ev):
+    assert uniform(ev, 16, 16) == pytest.approx(ev.fp32_accuracy(), abs=0.003)
+    w = ev.float_weight(0)
+    assert torch.equal(ev.quantized_weight(0, 16), w.half().float())
 
 
 def test_weight_bits_32_is_the_identity():

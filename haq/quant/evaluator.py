@@ -209,8 +209,10 @@ class Evaluator:
                 q.weight.copy_(self.quantized_weight(i, check_bits(w)))
                 self._current_w[i] = w
             if a != self._current_a[i]:
-                if check_bits(a) >= HALF_BITS:  # activations at 16 or 32 bits stay float
+                if check_bits(a) == FLOAT_BITS:
                     q.set_activation(None)
+                elif a == HALF_BITS:  # float16, as the weights at 16 bits
+                    q.set_activation("half")
                 else:
                     q.set_activation(*self._act_params(i, a))
                 self._current_a[i] = a

@@ -61,12 +61,15 @@ def _counting_inductor(gm: torch.fx.GraphModule, example_inputs: list) -> object
     on each call (slower on ResNet-18) and change the conv kernels, so compiled results would
     differ from eager ones in the last float bits. With it off, and the model already in the
     memory format the evaluator chose, compiled and eager logits are bit-identical.
+    ``emulate_precision_casts`` keeps the float16 rounding of 16-bit activations, which
+    inductor would otherwise elide as a no-op cast pair.
     """
     global _graphs_compiled
     _graphs_compiled += 1
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs, config_patches={"layout_optimization": False})
+    patches = {"layout_optimization": False, "emulate_precision_casts": True}
+    return compile_fx(gm, example_inputs, config_patches=patches)
 
 
 def _quiet_import_cpp_extension() -> None:
