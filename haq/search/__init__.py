@@ -34,11 +34,7 @@ def _load() -> None:
         return
     _loaded = True
     for mod in _MODULES:
-        try:
-            importlib.import_module(f"haq.search.{mod}")
-        except ModuleNotFoundError as exc:  # method not written yet
-            if exc.name != f"haq.search.{mod}":
-                raise
+        importlib.import_module(f"haq.search.{mod}")
 
 
 def get_method(name: str) -> MethodSpec:
