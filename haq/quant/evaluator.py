@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -46,6 +47,9 @@ from haq.quant.scheme import QuantScheme
 Bits = Sequence[int] | np.ndarray  #: one bitwidth per layer, in execution order
 
 
+SCHEME_CACHE_BYTES = 2 * 1024**3  #: weights the per-scheme evaluators of one model may hold, bytes
+
+
 @dataclass
 class _Shared:
     """What evaluators of the same model and data share across schemes."""
@@ -53,7 +57,25 @@ class _Shared:
     folded: nn.Module  #: BN-folded float model (unwrapped), eval mode
     stats: dict[int | None, list[ActivationStats]] = field(default_factory=dict)
     stats_source: dict[int | None, str] = field(default_factory=dict)  #: "disk" | "collected"
-    by_scheme: dict[QuantScheme, Evaluator] = field(default_factory=dict)
+    #: the evaluator of each scheme, least recently used first (see ``remember``)
+    by_scheme: OrderedDict[QuantScheme, Evaluator] = field(default_factory=OrderedDict)
+
+    def remember(self, ev: Evaluator) -> None:
+        """Keep ``ev`` for its scheme, dropping the least recently used when the evaluators
+        would hold more than ``SCHEME_CACHE_BYTES`` (each ~4 copies of the weights: model,
+        float and two or three cached bitwidths). Quantune cycles through 48 schemes: all of
+        them stay for a small model, a few for ResNet-50."""
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.folded.parameters())
+        capacity = int(min(64, max(2, SCHEME_CACHE_BYTES // max(1, 4 * weight_bytes))))
+        self.by_scheme[ev.scheme] = ev
+        while len(self.by_scheme) > capacity:
+            self.by_scheme.popitem(last=False)
+
+    def recall(self, scheme: QuantScheme) -> Evaluator | None:
+        ev = self.by_scheme.get(scheme)
+        if ev is not None:
+            self.by_scheme.move_to_end(scheme)
+        return ev
 
 
 class Evaluator:
@@ -107,7 +129,8 @@ class Evaluator:
                 p.requires_grad_(False)
             _shared = _Shared(folded)
         self._shared = _shared
-        _shared.by_scheme.setdefault(self.scheme, self)
+        if _shared.recall(self.scheme) is None:
+            _shared.remember(self)
         self.qmodel = copy.deepcopy(_shared.folded).eval()
         self.qlayers = wrap_layers(self.qmodel, [s.name for s in self.layers])
         self._float_w = [q.inner.weight.detach().clone() for q in self.qlayers]
@@ -122,8 +145,9 @@ class Evaluator:
     # ----- public ------------------------------------------------------------------------
     def with_scheme(self, scheme: QuantScheme) -> Evaluator:
         """An evaluator of the same model and data under another global scheme (shares the
-        folded model and the calibration statistics; one evaluator per scheme is kept)."""
-        ev = self._shared.by_scheme.get(scheme)
+        folded model, the calibration statistics and the compiled graph; the evaluators of
+        recent schemes are kept, with their weight caches)."""
+        ev = self._shared.recall(scheme)
         if ev is None:
             ev = Evaluator(
                 self._shared.folded, self.data, scheme, self.layers, self.batch_size,
