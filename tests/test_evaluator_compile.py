@@ -17,6 +17,7 @@ from torch import nn
 from haq.data import DataSplits, Split
 from haq.quant.evaluator import Evaluator
 from haq.quant.runner import graphs_compiled
+from haq.quant.scheme import QuantScheme
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,18 @@ def test_new_policies_and_other_splits_never_recompile(pair):
                 assert 0.0 <= compiled.evaluate(w, a, split) <= 1.0
     assert compiled.execution == "compiled" and compiled.compile_error is None
     assert compiled.compile_count == count and graphs_compiled() == graphs
+
+
+def test_other_schemes_and_evaluators_reuse_the_compiled_graph(pair):
+    """Quantune and HAGO switch schemes per trial: the graph is the same, only tensors differ."""
+    _, compiled = pair
+    n, graphs = len(compiled.layers), graphs_compiled()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for scheme in (QuantScheme(calibration="minmax"), QuantScheme("power-of-two", "per-tensor", "symmetric", "mse")):
+            other = compiled.with_scheme(scheme)
+            assert other is not compiled and other.evaluate([4] * n, [6] * n) > 0.5
+            assert other.execution == "compiled" and other.compile_count == 0
+    assert graphs_compiled() == graphs
 
 
 def test_compiled_accuracy_equals_eager_accuracy_on_the_same_policy(pair, data):
