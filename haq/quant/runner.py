@@ -2,9 +2,10 @@
 
 Why compile: eager, each activation fake-quant is four extra memory-bound passes over the
 layer's input; compiled, inductor fuses them into the neighbouring element-wise ops
-(ReLU6, residual adds). Measured (1 CPU thread, evaluation / eager fp32 forward of the
-original model): digits-mobilenet eager 0.85x, compiled 0.49x; MobileNetV2 at 64x64 0.80x
-and 0.50x; ResNet-18 at 64x64 1.04x and 0.83x (``benchmarks/eval_overhead.py``).
+(ReLU6, residual adds). Measured (1 CPU thread, evaluation of a random mixed policy /
+eager fp32 forward of the original model, ``benchmarks/eval_overhead.py``): digits-mobilenet
+eager 0.93x, compiled 0.57x; ResNet-18 at 64x64 1.02x and 0.81x; MobileNetV2 at 64x64
+0.74x and 0.41x.
 
 How a new policy avoids recompiling: every policy-dependent value lives in a tensor
 (:mod:`haq.quant.qlayer`), weights are overwritten in place, and the batch dimension is
