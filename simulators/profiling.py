@@ -70,6 +70,7 @@ from torch.fx import GraphModule
 
 from haq.errors import HardwareError, ModelError
 from haq.layers import LayerSpec
+from haq.quant.fold import fold_batchnorm
 from haq.simulators.profile_csv import GEOMETRY_COLUMNS, gemm_shape, geometry, shape_key
 
 CPU_METHOD_VERSION = 2  #: bump when what profile_cpu times changes (invalidates cached profiles)
@@ -252,41 +253,6 @@ def _trace_error(what: str, exc: Exception) -> ModelError:
     )
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every BatchNorm folded into the conv that feeds it.
-
-    The copy stays the user's eager module (its own ``forward``, its Python overhead); each
-    folded BatchNorm becomes an ``nn.Identity``. torch.fx finds the conv -> BatchNorm pairs;
-    a BatchNorm whose input is not a conv's output alone is left in place.
-    """
-    from torch.fx import Node, symbolic_trace
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    folded = copy.deepcopy(model).eval()
-    try:
-        graph = symbolic_trace(folded).graph
-    except Exception as exc:  # an untraceable user model
-        raise _trace_error("fold BatchNorm for the fp32 end-to-end time", exc) from None
-    modules = dict(folded.named_modules())
-    for node in graph.nodes:
-        bn = modules.get(node.target) if node.op == "call_module" else None
-        src = node.args[0] if node.args else None
-        if not isinstance(bn, nn.BatchNorm2d) or not isinstance(src, Node) or src.op != "call_module":
-            continue
-        if len(src.users) != 1:  # the conv's raw output is used elsewhere too: folding would change it
-            continue
-        conv = modules.get(src.target)
-        if isinstance(conv, nn.Conv2d):
-            _set_module(folded, src.target, fuse_conv_bn_eval(conv, bn))
-            _set_module(folded, node.target, nn.Identity())
-    return folded
-
-
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
-
-
 def quantize_int8(
     model: nn.Module, input_shape: Sequence[int], batch: int = 1, calibration_batches: int = 4, seed: int = 0
 ) -> nn.Module:
@@ -363,7 +329,7 @@ def end_to_end_fp32(
     threads: int | None = None,
 ) -> float:
     """Measured latency (ms) of the whole fp32 model, BatchNorm folded (as deployed)."""
-    return time_forward(fold_batchnorm(model), input_shape, batch, repeats, warmup, threads)
+    return time_forward(fold_batchnorm(model, input_shape)[0], input_shape, batch, repeats, warmup, threads)
 
 
 def end_to_end_int8(
@@ -426,7 +392,7 @@ def check_end_to_end(
 
     layers = describe(model, input_shape)
     qmodel = flat_module_calls(quantize_int8(model, input_shape, batch))
-    fmodel = fold_batchnorm(model)
+    fmodel = fold_batchnorm(model, input_shape)[0]
 
     def whole() -> tuple[float, float]:
         with x86_engine():

@@ -21,6 +21,7 @@ from haq.bits import slot
 from haq.digits_models import DigitsMobileNet, DigitsResNet
 from haq.errors import HardwareError, ModelError
 from haq.layers import LayerSpec, describe
+from haq.quant.fold import fold_batchnorm
 from haq.simulators import HardwareModel, get_hardware, list_hardware
 from haq.simulators.gpu_profiling import gpu_layer_row, gpu_profile_frame, profile_gpu, write_gpu_profile
 from haq.simulators.gpu_reference import GPU_REFERENCE_COLUMNS, H100_CSV, ReferenceGpuHardware
@@ -31,7 +32,6 @@ from haq.simulators.profiling import (
     check_end_to_end,
     end_to_end_fp32,
     end_to_end_int8,
-    fold_batchnorm,
     profile_cpu,
 )
 
@@ -252,7 +252,7 @@ def test_cpu_supports_8_and_32_bits_only():
     assert all(hw.supported_bits(k) == (8, 32) for k in ("conv", "depthwise", "linear"))
 
 
-def test_end_to_end_refuses_an_untraceable_model():
+def test_end_to_end_int8_refuses_an_untraceable_model_fp32_still_times_it():
     class Branchy(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -261,8 +261,7 @@ def test_end_to_end_refuses_an_untraceable_model():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x) if x.sum() > 0 else -self.conv(x)
 
-    with pytest.raises(ModelError, match=r"torch.fx could not trace the model"):
-        end_to_end_fp32(Branchy(), (1, 8, 8))
+    assert end_to_end_fp32(Branchy(), (1, 8, 8), repeats=3) > 0  # BN folding uses hooks, not tracing
     with pytest.raises(ModelError, match=r"quantize the model to int8 .* could not trace"):
         end_to_end_int8(Branchy(), (1, 8, 8))
 
@@ -273,7 +272,7 @@ def test_batchnorm_folding_keeps_the_function_and_the_eager_module():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_()
             m.running_var.uniform_(0.5, 2.0)
-    folded = fold_batchnorm(model)
+    folded, _ = fold_batchnorm(model, (1, 8, 8))
     assert type(folded) is DigitsMobileNet
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(4, 1, 8, 8)
