@@ -88,8 +88,8 @@ class QuantuneOptions:
         self.surrogate()  # validates the shared fields
         if self.pool_size < 1:
             raise ConfigError(f"pool_size={self.pool_size} must be at least 1")
-        if isinstance(self.warm_start, str):
-            object.__setattr__(self, "warm_start", (self.warm_start,))
+        paths = (self.warm_start,) if isinstance(self.warm_start, str) else tuple(self.warm_start)
+        object.__setattr__(self, "warm_start", paths)  # a JSON config gives a list
 
     def surrogate(self) -> SurrogateOptions:
         return SurrogateOptions(self.rounds, self.eta, self.gamma, self.objective, self.k, self.epsilon, self.threads)
