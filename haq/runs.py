@@ -52,14 +52,14 @@ class HistoryWriter:
                 csv.writer(f).writerow(HISTORY_COLUMNS)
 
     def replay(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Measured rows keyed by (w_bits, a_bits) strings, for :class:`SearchProblem.replay`."""
-        return {(r["w_bits"], r["a_bits"]): r for r in self.existing}
+        """Measured rows keyed by (w_bits, a_bits, quant) strings, for :class:`SearchProblem.replay`."""
+        return {(r["w_bits"], r["a_bits"], r.get("quant") or ""): r for r in self.existing}
 
     def __call__(self, row: dict[str, Any]) -> None:
         i = int(row["trial"])
         if i < len(self.existing):
             old = self.existing[i]
-            if old["w_bits"] == row["w_bits"] and old["a_bits"] == row["a_bits"]:
+            if (old["w_bits"], old["a_bits"], old.get("quant") or "") == (row["w_bits"], row["a_bits"], row["quant"]):
                 return
             self._truncate(i)
         with self.path.open("a", newline="") as f:
@@ -69,7 +69,7 @@ class HistoryWriter:
 
     def _truncate(self, n: int) -> None:
         self.existing = self.existing[:n]
-        lines = [HISTORY_COLUMNS] + [[r[c] for c in HISTORY_COLUMNS] for r in self.existing]
+        lines = [HISTORY_COLUMNS] + [[r.get(c, "") for c in HISTORY_COLUMNS] for r in self.existing]
         import io
 
         buf = io.StringIO()

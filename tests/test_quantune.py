@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -402,3 +403,20 @@ def test_quantune_end_to_end_on_the_embedded_model(ws):
     assert 0.0 <= res.best_policy.metrics["accuracy"] <= 1.0
     assert res.best_policy.metrics["latency_ms"] <= res.history["latency_ms"].max() + 1e-12
     assert res.history["feasible"].all()
+
+
+def test_a_trial_under_another_scheme_is_recorded_and_the_best_policy_keeps_its_scheme(tmp_path):
+    from haq.api import SearchConfig
+    from haq.quant.scheme import QuantScheme
+    from haq.runs import run_search
+
+    cfg = SearchConfig(method="quantune", hardware="bismo-edge", budget=("latency=0.7",), max_evaluations=6)
+    result = run_search(cfg, tmp_path / "run")
+    history = pd.read_csv(tmp_path / "run" / "history.csv", keep_default_na=False)
+    assert "quant" in history.columns and (history["quant"] != "").any()
+    best_row = history.loc[history["accuracy"] == result.best_policy.metrics["val_accuracy"]].iloc[0]
+    scheme = result.best_policy.quant
+    if best_row["quant"]:
+        assert f"weight={scheme.weight}" in best_row["quant"]
+    else:
+        assert scheme == QuantScheme.from_dict(cfg.quant)

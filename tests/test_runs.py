@@ -88,7 +88,8 @@ def test_history_writer_drops_rows_a_diverging_rerun_replaces(tmp_path):
     path = tmp_path / "history.csv"
     w = HistoryWriter(path)
     row = {"trial": 0, "method": "m", "wall_s": 0.1, "w_bits": "8 8", "a_bits": "8 8", "accuracy": 0.5,
-           "latency_ms": 1.0, "energy_mj": None, "size_mib": 1.0, "bops_g": 1.0, "feasible": True, "reward": None}
+           "latency_ms": 1.0, "energy_mj": None, "size_mib": 1.0, "bops_g": 1.0, "feasible": True, "reward": None,
+           "quant": ""}
     w(row)
     w(row | {"trial": 1, "w_bits": "4 4"})
     w2 = HistoryWriter(path)

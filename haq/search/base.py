@@ -28,7 +28,7 @@ from haq.simulators.base import HardwareModel
 
 HISTORY_COLUMNS = [
     "trial", "method", "wall_s", "w_bits", "a_bits", "accuracy",
-    "latency_ms", "energy_mj", "size_mib", "bops_g", "feasible", "reward",
+    "latency_ms", "energy_mj", "size_mib", "bops_g", "feasible", "reward", "quant",
 ]
 
 
@@ -42,6 +42,10 @@ class Evaluates(Protocol):
         ...
 
     def fp32_accuracy(self, split: str = "val") -> float: ...
+
+    def with_scheme(self, scheme: QuantScheme) -> Evaluates:
+        """The same model and data under another global quantization scheme."""
+        ...
 
 
 class EvaluationLimitReached(Exception):
@@ -60,6 +64,15 @@ class Trial:
     feasible: bool
     reward: float | None
     wall_s: float
+    scheme: QuantScheme | None = None  #: None = the problem's own scheme
+
+
+def scheme_str(scheme: QuantScheme | None) -> str:
+    """A scheme as history.csv's ``quant`` column ("" = the run's own scheme)."""
+    if scheme is None:
+        return ""
+    d = scheme.to_dict()
+    return " ".join(f"{k}={d[k]}" for k in ("weight", "activation", "calibration", "calibration_images") if k in d)
 
 
 def bits_str(bits: Sequence[int] | np.ndarray) -> str:
@@ -155,32 +168,41 @@ class SearchProblem:
         return hi, hi.copy()
 
     def evaluate(
-        self, w_bits: Sequence[int] | np.ndarray, a_bits: Sequence[int] | np.ndarray, reward: float | None = None
+        self,
+        w_bits: Sequence[int] | np.ndarray,
+        a_bits: Sequence[int] | np.ndarray,
+        reward: float | None = None,
+        scheme: QuantScheme | None = None,
     ) -> Trial:
         """Measure one policy on the validation split; the only way a method sees accuracy.
 
-        Raises :class:`EvaluationLimitReached` when the limit is spent and
-        :class:`SearchError` on a NaN/Inf accuracy (the run directory is kept).
+        ``scheme`` measures it under another global quantization scheme (Quantune searches
+        schemes too); None = the evaluator's own. Raises :class:`EvaluationLimitReached`
+        when the limit is spent and :class:`SearchError` on a NaN/Inf accuracy (the run
+        directory is kept).
         """
         if len(self.trials) >= self.max_evaluations:
             raise EvaluationLimitReached
+        if scheme is not None and scheme == self.evaluator.scheme:
+            scheme = None
         w = np.asarray(w_bits, dtype=np.int64).copy()
         a = np.asarray(a_bits, dtype=np.int64).copy()
         index = len(self.trials)
         cost = self.costs.cost(w, a)
-        key = (bits_str(w), bits_str(a))
+        key = (bits_str(w), bits_str(a), scheme_str(scheme))
         cached = self.replay.get(key)
         if cached is not None and int(cached["trial"]) == index:
             acc, wall = float(cached["accuracy"]), float(cached["wall_s"])
         else:
-            acc = float(self.evaluator.evaluate(w, a, "val"))
+            evaluator = self.evaluator if scheme is None else self.evaluator.with_scheme(scheme)
+            acc = float(evaluator.evaluate(w, a, "val"))
             wall = time.perf_counter() - self._start
         if not math.isfinite(acc):
             raise SearchError(
                 f"trial {index} ({self.method}) measured a non-finite accuracy ({acc}); the run directory is kept - "
                 "check the model and data for NaN/Inf (e.g. a checkpoint trained with a diverged loss)"
             )
-        trial = Trial(index, w, a, acc, cost, self.budget.satisfied(cost), reward, wall)
+        trial = Trial(index, w, a, acc, cost, self.budget.satisfied(cost), reward, wall, scheme)
         self.trials.append(trial)
         if self.recorder is not None:
             self.recorder(self.history_row(trial))
@@ -202,6 +224,7 @@ class SearchProblem:
             "bops_g": t.cost.bops_g,
             "feasible": t.feasible,
             "reward": t.reward,
+            "quant": scheme_str(t.scheme),
         }
 
     def history(self) -> pd.DataFrame:
@@ -268,7 +291,7 @@ def pareto_front(history: pd.DataFrame, cost_key: str) -> pd.DataFrame:
     h = history.dropna(subset=[col, "accuracy"])
     if h.empty:
         return h.copy()
-    h = h.drop_duplicates(subset=["w_bits", "a_bits"])
+    h = h.drop_duplicates(subset=[c for c in ("w_bits", "a_bits", "quant") if c in h])
     mask = pareto_mask(h[col].to_numpy(float), h["accuracy"].to_numpy(float))
     return h[mask].sort_values(col).reset_index(drop=True)
 
@@ -300,7 +323,9 @@ def run_method(problem: SearchProblem, spec: MethodSpec, options: Any) -> Search
             f"{spec.name} found no policy within the budget {problem.budget.budget} in {problem.evaluations} "
             "evaluations; raise --max-evaluations or the budget"
         )
-    policy = finalize_policy(problem, best.w_bits, best.a_bits, {"method": spec.name, "evaluations": problem.evaluations})
+    policy = finalize_policy(
+        problem, best.w_bits, best.a_bits, {"method": spec.name, "evaluations": problem.evaluations}, best.scheme
+    )
     history = problem.history()
     return SearchResult(
         method=spec.name,
@@ -332,14 +357,19 @@ def per_layer_costs(problem: SearchProblem, w_bits: np.ndarray, a_bits: np.ndarr
 
 
 def finalize_policy(
-    problem: SearchProblem, w_bits: np.ndarray, a_bits: np.ndarray, search_meta: dict[str, Any]
+    problem: SearchProblem,
+    w_bits: np.ndarray,
+    a_bits: np.ndarray,
+    search_meta: dict[str, Any],
+    scheme: QuantScheme | None = None,
 ) -> Policy:
     """A :class:`Policy` with test-split accuracy and every cost (not counted as an evaluation)."""
+    evaluator = problem.evaluator if scheme is None else problem.evaluator.with_scheme(scheme)
     cost = problem.cost(w_bits, a_bits)
     val = next((t.accuracy for t in reversed(problem.trials)
-                if np.array_equal(t.w_bits, w_bits) and np.array_equal(t.a_bits, a_bits)), None)
+                if np.array_equal(t.w_bits, w_bits) and np.array_equal(t.a_bits, a_bits) and t.scheme == scheme), None)
     metrics: dict[str, float | None] = {
-        "accuracy": float(problem.evaluator.evaluate(np.asarray(w_bits), np.asarray(a_bits), "test")),
+        "accuracy": float(evaluator.evaluate(np.asarray(w_bits), np.asarray(a_bits), "test")),
         "val_accuracy": val,
         "fp32_accuracy": problem.fp32_accuracy("test"),
         **cost.to_dict(),
@@ -351,7 +381,9 @@ def finalize_policy(
         a_bits,
         model=problem.model_name,
         hardware=problem.hardware.name,
-        quant=problem.evaluator.scheme,
+        quant=evaluator.scheme,
         metrics=metrics,
         search=meta,
     )
+
+

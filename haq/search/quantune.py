@@ -25,12 +25,10 @@ one-hot of the scheme, bit statistics and per-layer bits, and the model's 8 arch
 features (:mod:`haq.search.quantune_arch`; counted on the BN-folded model the evaluator
 holds, so ``nodes`` and ``bn`` are unknown there).
 
-**Scheme adapter.** :meth:`SearchProblem.evaluate` measures with ``problem.evaluator``
-only. Until it takes a scheme, :func:`_measure_with_scheme` swaps in
-``evaluator.with_scheme(scheme)`` for one call (so counting, the limit, the budget check
-and the history row stay in ``SearchProblem``), records the scheme of every trial in the
-extras (``schemes``), and leaves the best trial's scheme in ``problem.evaluator`` so the
-final test-split measurement and ``policy.json``'s ``quant`` block use it.
+**Schemes.** Each configuration is measured with ``problem.evaluate(w, a, scheme=...)``:
+counting, the limit, the budget check and the history row (its ``quant`` column) stay in
+:class:`SearchProblem`, and the best trial's scheme goes into the final test-split
+measurement and ``policy.json``'s ``quant`` block.
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ import numpy as np
 from haq.budget import enforce_budget
 from haq.errors import ConfigError, ModelError
 from haq.search import register_method
-from haq.search.base import EvaluationLimitReached, MethodSpec, SearchProblem, Trial
+from haq.search.base import EvaluationLimitReached, MethodSpec, SearchProblem
 from haq.search.quantune_arch import ArchFeatures, architecture_features
 from haq.search.quantune_space import CALIBRATIONS, ConfigEncoder, QuantuneConfig, global_configs
 from haq.search.quantune_table import load_reference_table
@@ -93,16 +91,6 @@ class QuantuneOptions:
 
     def surrogate(self) -> SurrogateOptions:
         return SurrogateOptions(self.rounds, self.eta, self.gamma, self.objective, self.k, self.epsilon, self.threads)
-
-
-# ----- the scheme adapter (remove when SearchProblem.evaluate takes a scheme) -------------------
-def _measure_with_scheme(problem: SearchProblem, base: Any, config: QuantuneConfig, available: int | None) -> Trial:
-    """ADAPTER: measure ``config`` through ``problem.evaluate`` under its own scheme."""
-    problem.evaluator = base.with_scheme(_scheme(config, available))
-    try:
-        return problem.evaluate(np.asarray(config.w_bits), np.asarray(config.a_bits))
-    finally:
-        problem.evaluator = base
 
 
 def _scheme(config: QuantuneConfig, available: int | None):  # noqa: ANN202 - QuantScheme
@@ -216,7 +204,7 @@ class _Candidates:
 # ----- the method ----------------------------------------------------------------------------
 def run_quantune(problem: SearchProblem, options: QuantuneOptions) -> dict[str, Any]:
     rng = np.random.default_rng(problem.seed)
-    base: Any = problem.evaluator  # an Evaluator (with_scheme) - see the scheme adapter
+    base: Any = problem.evaluator
     available = _calibration_size(base)
     schemes = [c for c in global_configs() if available is not None or c.calibration == CALIBRATIONS[-1]]
     cands = _Candidates(problem, schemes, options.mixed)
@@ -240,16 +228,17 @@ def run_quantune(problem: SearchProblem, options: QuantuneOptions) -> dict[str, 
             else:
                 scores = np.zeros(len(pool))
             for i in select(scores, options.k, options.epsilon, rng):
-                trial = _measure_with_scheme(problem, base, pool[i], available)
+                config = pool[i]
+                trial = problem.evaluate(np.asarray(config.w_bits), np.asarray(config.a_bits),
+                                         scheme=_scheme(config, available))
                 used.append(pool[i])
                 measured[pool[i]] = trial.accuracy
     except EvaluationLimitReached:
         pass
     best = problem.best
     best_scheme = None
-    if best is not None and best.index >= first:  # ADAPTER: the final measurement uses the best's scheme
+    if best is not None and best.index >= first:
         best_scheme = _scheme(used[best.index - first], available)
-        problem.evaluator = base.with_scheme(best_scheme)
     return {
         "schemes": [_scheme(c, available).to_dict() for c in used],
         "best_scheme": None if best_scheme is None else best_scheme.to_dict(),
