@@ -44,7 +44,9 @@ class SearchProgress:
         key = config.budget[0].split("=")[0].strip().lower() if config.budget else "latency"
         field = COST_FIELDS.get(key, "latency_ms")
         unit = UNIT_NAMES.get(key, "")
-        total = config.max_evaluations
+        from haq.search import get_method
+
+        total = config.max_evaluations or get_method(config.method).default_evaluations
 
         def on_trial(trial: Any) -> None:
             if self._task is None:
