@@ -63,6 +63,20 @@ def _options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _slug(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+def _auto_out(base: Path, resume: bool) -> Path:
+    """The default run directory: ``base``, or ``base-2``, ``-3``... so that re-running a
+    command never collides with an earlier run; with --resume, the newest existing one."""
+    candidates = [base] + [base.with_name(f"{base.name}-{k}") for k in range(2, 1000)]
+    existing = [p for p in candidates if p.exists()]
+    if resume:
+        return existing[-1] if existing else base
+    return next(p for p in candidates if not p.exists())
+
+
 # ----- search ---------------------------------------------------------------------------------
 @app.command()
 def search(
@@ -108,7 +122,8 @@ def search(
         max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
         quant=_quant(calibration, weight_quant, act_quant), options=opts,
     )
-    out = out or Path("runs") / f"{model.replace(':', '_').replace('/', '_')}-{hardware.split(':')[0]}-{method}-s{seed}"
+    if out is None:
+        out = _auto_out(Path("runs") / f"{_slug(model)}-{hardware.split(':')[0]}-{method}-s{seed}", resume)
     con = _console()
     from haq.progress import SearchProgress
 
@@ -154,7 +169,7 @@ def compare(
         seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
         quant=_quant(calibration, weight_quant, act_quant),
     )
-    out = out or Path("runs") / f"compare-{model.replace(':', '_').replace('/', '_')}-{hardware.split(':')[0]}"
+    out = out or _auto_out(Path("runs") / f"compare-{_slug(model)}-{hardware.split(':')[0]}", resume=False)
     err = _console(stderr=True)
 
     def progress(method: str, s: int, result) -> None:  # noqa: ANN001

@@ -110,3 +110,16 @@ def test_profile_gpu_without_a_gpu_is_one_line(tmp_path):
         assert (tmp_path / "g.csv").is_file()
     else:
         _one_line_error(proc, "CUDA")
+
+
+def test_search_twice_without_out_never_collides_and_resume_finds_the_newest(tmp_path):
+    args = ("search", "--method", "uniform", "--hardware", "bismo-edge", "--budget", "latency=0.6", "--quiet")
+    first, second = run_cli(*args, cwd=tmp_path), run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    runs = tmp_path / "runs"
+    assert (runs / "digits-mobilenet-bismo-edge-uniform-s0" / "policy.json").is_file()
+    assert (runs / "digits-mobilenet-bismo-edge-uniform-s0-2" / "policy.json").is_file()
+    assert "run directory: runs/digits-mobilenet-bismo-edge-uniform-s0-2" in second.stdout.replace("\n", "")
+    resumed = run_cli(*args, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "uniform-s0-2" in resumed.stdout.replace("\n", "")
