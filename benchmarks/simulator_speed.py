@@ -44,13 +44,13 @@ def main(quick: bool) -> int:
         ws = np.array([[rng.choice(c) for c in choices] for _ in range(256)])
         as_ = np.array([[rng.choice(c) for c in choices] for _ in range(256)])
         full, gather = [], []
-        for rep in range(n_queries // 256 + 1):
+        for _rep in range(n_queries // 256 + 1):
             t = time.perf_counter()
-            for w, a in zip(ws, as_):
+            for w, a in zip(ws, as_, strict=True):
                 costs.cost(w, a)
             full.append((time.perf_counter() - t) / len(ws))
             t = time.perf_counter()
-            for w, a in zip(ws, as_):
+            for w, a in zip(ws, as_, strict=True):
                 table.cost(w, a)
             gather.append((time.perf_counter() - t) / len(ws))
         us, gus = 1e6 * float(np.median(full)), 1e6 * float(np.median(gather))

@@ -26,7 +26,6 @@ from haq.search import SearchProblem, SearchResult, get_method, run_method
 from haq.simulators import HardwareModel, get_hardware
 from haq.simulators.base import CostTable
 
-
 #: The default problem's budget. Design §8 says latency=0.5, but on BitFusion at batch 1
 #: the embedded 8x8 models are dominated by DRAM set-up cycles: even all-2-bit reaches
 #: only 0.56 of uniform 8-bit latency, so 0.5 is unreachable. 0.7 (HAQ's 1.4x) leaves a

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from haq.bits import FLOAT_BITS
 from haq.errors import BudgetError
 from haq.layers import LayerSpec
 

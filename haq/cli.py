@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -24,11 +24,11 @@ app = typer.Typer(
 
 # ----- shared options ------------------------------------------------------------------------
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="digits-mobilenet, digits-resnet, a torchvision name, or pkg.module:factory")]
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="state-dict file (loaded with weights_only=True)")]
-DataOpt = Annotated[Optional[str], typer.Option("--data", help="digits or imagefolder:PATH (default: the model's own)")]
-InputSizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="image height = width in pixels")]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="state-dict file (loaded with weights_only=True)")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="digits or imagefolder:PATH (default: the model's own)")]
+InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="image height = width in pixels")]
 HardwareOpt = Annotated[str, typer.Option("--hardware", "-H", help="hardware model (haq list hardware)")]
-BudgetOpt = Annotated[Optional[list[str]], typer.Option("--budget", "-b", help=f"default {DEFAULT_BUDGET}; latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; repeat for several")]
+BudgetOpt = Annotated[list[str] | None, typer.Option("--budget", "-b", help=f"default {DEFAULT_BUDGET}; latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; repeat for several")]
 CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax, percentile:P, entropy or mse")]
 WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
 ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmetric|unsigned|power-of-two -per-tensor")]
@@ -87,10 +87,10 @@ def search(
     hardware: HardwareOpt = "bitfusion",
     budget: BudgetOpt = None,
     method: Annotated[str, typer.Option("--method", help="rl, hawq, hago, quantune, random, uniform (haq list methods)")] = "rl",
-    episodes: Annotated[Optional[int], typer.Option("--episodes", help="RL episodes (= evaluations)")] = None,
-    max_evaluations: Annotated[Optional[int], typer.Option("--max-evaluations", help="accuracy measurements allowed")] = None,
+    episodes: Annotated[int | None, typer.Option("--episodes", help="RL episodes (= evaluations)")] = None,
+    max_evaluations: Annotated[int | None, typer.Option("--max-evaluations", help="accuracy measurements allowed")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<model>-<hardware>-<method>-s<seed>)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<model>-<hardware>-<method>-s<seed>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     min_bits: Annotated[int, typer.Option("--min-bits")] = 2,
     max_bits: Annotated[int, typer.Option("--max-bits")] = 8,
@@ -98,8 +98,8 @@ def search(
     calibration: CalibOpt = "percentile:99.99",
     weight_quant: WeightQuantOpt = "symmetric-per-channel",
     act_quant: ActQuantOpt = "asymmetric-per-tensor",
-    option: Annotated[Optional[list[str]], typer.Option("--option", help="method option KEY=VALUE (repeatable)")] = None,
-    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="RL: TensorBoard log dir")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help="method option KEY=VALUE (repeatable)")] = None,
+    tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="RL: TensorBoard log dir")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Search per-layer bitwidths under a budget; writes a run directory."""
@@ -148,7 +148,7 @@ def compare(
     max_evaluations: Annotated[int, typer.Option("--max-evaluations", help="per method and seed")] = 100,
     seeds: Annotated[int, typer.Option("--seeds", help="seeds per method (seed, seed+1, ...)")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
     min_bits: Annotated[int, typer.Option("--min-bits")] = 2,
     max_bits: Annotated[int, typer.Option("--max-bits")] = 8,
     pin: Annotated[str, typer.Option("--pin")] = "first,last",
@@ -190,7 +190,7 @@ def evaluate(
     weights: WeightsOpt = None,
     data: DataOpt = None,
     input_size: InputSizeOpt = None,
-    hardware: Annotated[Optional[str], typer.Option("--hardware", "-H", help="also cost it on this hardware")] = None,
+    hardware: Annotated[str | None, typer.Option("--hardware", "-H", help="also cost it on this hardware")] = None,
     split: Annotated[str, typer.Option("--split", help="calib, val or test")] = "test",
     round_up: Annotated[bool, typer.Option("--round-up", help="map bits the hardware lacks to the next it runs")] = False,
     calibration: CalibOpt = "percentile:99.99",
@@ -214,8 +214,8 @@ def cost(
     model: ModelOpt = "digits-mobilenet",
     weights: WeightsOpt = None,
     input_size: InputSizeOpt = None,
-    hardware: Annotated[Optional[str], typer.Option("--hardware", "-H", help="hardware model; size and BOPs need none")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="hardware batch (default: the hardware's)")] = None,
+    hardware: Annotated[str | None, typer.Option("--hardware", "-H", help="hardware model; size and BOPs need none")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="hardware batch (default: the hardware's)")] = None,
     round_up: Annotated[bool, typer.Option("--round-up", help="map bits the hardware lacks to the next it runs")] = False,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="one row per layer")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="per-layer rows as CSV")] = False,
@@ -251,7 +251,7 @@ def profile(
     model: ModelOpt = "digits-mobilenet",
     input_size: InputSizeOpt = None,
     batch: Annotated[int, typer.Option("--batch")] = 1,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="profile CSV to write")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="profile CSV to write")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure a latency profile of the model's layer shapes on this machine's CPU or GPU."""

@@ -80,7 +80,7 @@ def _table(results: dict[str, list[SearchResult]], history: pd.DataFrame, key: s
     for name, runs in results.items():
         m = [r.best_policy.metrics for r in runs]
 
-        def mean(k: str) -> float | None:
+        def mean(k: str, m: list = m) -> float | None:
             vals = [x.get(k) for x in m if x.get(k) is not None]
             return float(np.mean(vals)) if vals else None
 

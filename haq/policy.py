@@ -73,7 +73,7 @@ class Policy:
             )
         entries = tuple(
             LayerBits(spec.name, spec.kind, check_bits(int(w), f"w_bits of {spec.name}"), check_bits(int(a), f"a_bits of {spec.name}"))
-            for spec, w, a in zip(layers, w_bits, a_bits)
+            for spec, w, a in zip(layers, w_bits, a_bits, strict=True)
         )
         return cls(layers=entries, **meta)
 
@@ -124,7 +124,7 @@ class Policy:
     def from_dict(cls, d: Any, source: str = "policy") -> Policy:
         _validate_schema(d, source)
         entries = []
-        for i, e in enumerate(d["layers"]):
+        for _i, e in enumerate(d["layers"]):
             name = e["name"]
             w = check_bits(e["w_bits"], f"{source}: w_bits of layer {name}")
             a = check_bits(e["a_bits"], f"{source}: a_bits of layer {name}")

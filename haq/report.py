@@ -23,8 +23,8 @@ from haq.simulators import HardwareModel, check_policy_bits, get_hardware, snap_
 def _fit_to_hardware(policy: Policy, layers: list[LayerSpec], hw: HardwareModel, round_up: bool) -> Policy:
     """The policy with bits the hardware lacks rounded up (``round_up``) or refused."""
     if round_up:
-        w = np.array([snap_bits(np.array([b]), hw.supported_bits(s.kind))[0] for b, s in zip(policy.w_bits, layers)])
-        a = np.array([snap_bits(np.array([b]), hw.supported_bits(s.kind))[0] for b, s in zip(policy.a_bits, layers)])
+        w = np.array([snap_bits(np.array([b]), hw.supported_bits(s.kind))[0] for b, s in zip(policy.w_bits, layers, strict=True)])
+        a = np.array([snap_bits(np.array([b]), hw.supported_bits(s.kind))[0] for b, s in zip(policy.a_bits, layers, strict=True)])
         policy = Policy.from_bits(layers, w, a, model=policy.model, hardware=hw.name, quant=policy.quant,
                                   metrics=policy.metrics, search=policy.search)
     check_policy_bits(hw, layers, policy.w_bits, policy.a_bits)
@@ -170,7 +170,7 @@ def policy_table(result, config) -> Any:  # noqa: ANN001 - SearchResult, SearchC
     t = Table(title=title)
     for c in ("layer", "kind", "w_bits", "a_bits", f"{col} share"):
         t.add_column(c, justify="left" if c in ("layer", "kind") else "right")
-    for r, sh in zip(frame.itertuples(), share):
+    for r, sh in zip(frame.itertuples(), share, strict=True):
         t.add_row(r.layer, r.kind, str(r.w_bits), str(r.a_bits), f"{100 * sh:.1f}%")
     t.add_section()
     t.add_row("total", "", "", "", f"{_fmt(m.get('latency_ms'), ' ms')}, {_fmt(m.get('energy_mj'), ' mJ')}, "

@@ -104,7 +104,7 @@ def check_policy_bits(
     hw: HardwareModel, layers: Sequence[LayerSpec], w_bits: Sequence[int], a_bits: Sequence[int]
 ) -> None:
     """Raise a one-line :class:`PolicyError` for the first bitwidth ``hw`` cannot run."""
-    for layer, w, a in zip(layers, w_bits, a_bits):
+    for layer, w, a in zip(layers, w_bits, a_bits, strict=True):
         allowed = hw.supported_bits(layer.kind)
         for what, b in (("w_bits", w), ("a_bits", a)):
             if int(b) not in allowed:

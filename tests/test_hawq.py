@@ -23,10 +23,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from haq.api import SearchConfig, make_problem, prepare, search
+from haq.api import SearchConfig, prepare, search
 from haq.budget import Budget, CostModel
 from haq.errors import BudgetError, ConfigError, SearchError
-from haq.search import get_method, run_method
 from haq.search.hawq import PUBLISHED_BITS, HawqOptions, published_ilp, published_objective
 from haq.search.hessian import TraceSettings, hutchinson_traces, layer_traces
 from haq.search.ilp import BudgetRow, MultipleChoiceIlp
