@@ -84,7 +84,7 @@ def _table(results: dict[str, list[SearchResult]], history: pd.DataFrame, key: s
             vals = [x.get(k) for x in m if x.get(k) is not None]
             return float(np.mean(vals)) if vals else None
 
-        test = [x["accuracy"] for x in m]
+        test = [float(x["accuracy"] or 0.0) for x in m]
         n_front = int((front["method"] == name).sum())
         rows.append({
             "method": name,

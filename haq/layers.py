@@ -122,7 +122,8 @@ def describe(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]:
 
 
 def _spec(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int, group: int) -> LayerSpec:
-    bias_params = int(m.bias.numel()) if getattr(m, "bias", None) is not None else 0
+    bias = getattr(m, "bias", None)
+    bias_params = int(bias.numel()) if isinstance(bias, torch.Tensor) else 0
     if isinstance(m, nn.Conv2d):
         kh, kw = _pair(m.kernel_size)
         in_hw = (int(x.shape[-2]), int(x.shape[-1]))

@@ -101,8 +101,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         policy = Policy.load(run / "policy.json")
         m = policy.metrics
         title = f"{cfg.get('method', '')} on {policy.model} / {policy.hardware}"
-        if m.get("accuracy") is not None:
-            title += f": test acc {100 * m['accuracy']:.2f}%"
+        acc = m.get("accuracy")
+        if acc is not None:
+            title += f": test acc {100 * acc:.2f}%"
         out.append(plot_bitwidths(policy, run / "plots" / "bitwidths.png", title))
     if not history.empty:
         out.append(plot_pareto(history, key, run / "plots" / "pareto.png"))

@@ -44,7 +44,7 @@ class SearchProgress:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
     def trial_callback(self, config: Any):  # noqa: ANN201

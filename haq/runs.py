@@ -51,7 +51,7 @@ class HistoryWriter:
             with path.open("w", newline="") as f:
                 csv.writer(f).writerow(HISTORY_COLUMNS)
 
-    def replay(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def replay(self) -> dict[tuple[str, str, str], dict[str, Any]]:
         """Measured rows keyed by (w_bits, a_bits, quant) strings, for :class:`SearchProblem.replay`."""
         return {(r["w_bits"], r["a_bits"], r.get("quant") or ""): r for r in self.existing}
 

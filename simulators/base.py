@@ -101,7 +101,10 @@ class HardwareModel(Protocol):
 
 
 def check_policy_bits(
-    hw: HardwareModel, layers: Sequence[LayerSpec], w_bits: Sequence[int], a_bits: Sequence[int]
+    hw: HardwareModel,
+    layers: Sequence[LayerSpec],
+    w_bits: Sequence[int] | np.ndarray,
+    a_bits: Sequence[int] | np.ndarray,
 ) -> None:
     """Raise a one-line :class:`PolicyError` for the first bitwidth ``hw`` cannot run."""
     for layer, w, a in zip(layers, w_bits, a_bits, strict=True):

@@ -248,5 +248,5 @@ class ReferenceGpuHardware:
                 family, precision, sub[["M", "K", "N", "groups"]].to_numpy(),
                 sub[GPU_COLUMNS[family][bits]].to_numpy(dtype=float), folds=folds, seed=seed,
             )  # fmt: skip
-            out[(family, precision)] = summarize_errors(errors)
+            out[(family, precision)] = summarize_errors(list(errors))
         return out

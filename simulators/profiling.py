@@ -155,6 +155,7 @@ class _LayerPrograms:
             self.fp = nn.Conv2d(*args, groups=layer.groups, bias=True).eval()
             self.q = torch.ao.nn.quantized.Conv2d(*args, groups=layer.groups)
         self.act = nn.ReLU6()  # the element-wise op after the layer, a module call as in the model
+        assert self.fp.bias is not None  # built with bias=True above
         w, b = self.fp.weight.detach(), self.fp.bias.detach()
         scales = w.abs().flatten(1).amax(1).clamp_min(1e-8) / 127
         self.w_q = torch.quantize_per_channel(w, scales, torch.zeros(cout, dtype=torch.long), 0, torch.qint8)
@@ -255,7 +256,7 @@ def _trace_error(what: str, exc: Exception) -> ModelError:
 
 def quantize_int8(
     model: nn.Module, input_shape: Sequence[int], batch: int = 1, calibration_batches: int = 4, seed: int = 0
-) -> nn.Module:
+) -> GraphModule:
     """The int8 model PyTorch post-training quantization makes of ``model`` (x86/fbgemm).
 
     ``prepare_fx`` with the x86 default qconfig mapping (per-channel int8 weights, quint8

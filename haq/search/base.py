@@ -120,7 +120,7 @@ class SearchProblem:
     max_evaluations: int = 300
     recorder: Callable[[dict[str, Any]], None] | None = None
     on_trial: Callable[[Trial], None] | None = None
-    replay: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    replay: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     run_dir: Path | None = None
     method: str = ""
     trials: list[Trial] = field(default_factory=list)
