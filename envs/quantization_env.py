@@ -142,7 +142,7 @@ class MixedPrecisionEnv(gym.Env):
 
     ## Arguments
     ```python
-    gymnasium.make("haq/MixedPrecision-v0")  # digits-mobilenet, bitfusion, latency=0.5
+    gymnasium.make("haq/MixedPrecision-v0")  # digits-mobilenet, bitfusion, latency=0.7 (haq.api.DEFAULT_BUDGET)
     gymnasium.make("haq/MixedPrecision-v0", model="digits-resnet", hardware="bismo-edge",
                    budget="energy=0.5", pin="none", min_bits=2, max_bits=8)
     MixedPrecisionEnv(problem=problem)  # an existing haq.search.SearchProblem
@@ -255,9 +255,10 @@ class MixedPrecisionEnv(gym.Env):
         proposed_w, proposed_a = self._w.copy(), self._a.copy()
         proposal_ok = p.feasible(proposed_w, proposed_a)
         w, a = enforce_budget(proposed_w, proposed_a, p.costs, p.budget, p.choices, p.pinned)
-        trial = p.evaluate(w, a)
         fp32 = p.fp32_accuracy("val")
-        reward = self.reward_scale * 100.0 * (trial.accuracy - fp32)
+        trial = p.evaluate(w, a, reward=lambda acc: self.reward_scale * 100.0 * (acc - fp32))
+        reward = trial.reward
+        assert reward is not None  # the lambda above always gives one
         info: dict[str, Any] = {
             "w_bits": w, "a_bits": a,
             "proposed_w_bits": proposed_w, "proposed_a_bits": proposed_a,
@@ -272,7 +273,7 @@ class MixedPrecisionEnv(gym.Env):
 
 def build_problem(max_evaluations: int | None = None, **config: Any) -> SearchProblem:
     """A :class:`SearchProblem` from :class:`haq.api.SearchConfig` fields (defaults: the
-    embedded digits-mobilenet on bitfusion at latency=0.5); unlimited evaluations unless
+    embedded digits-mobilenet on bitfusion at latency=0.7); unlimited evaluations unless
     ``max_evaluations`` is given."""
     from haq.api import SearchConfig, make_problem, prepare
 

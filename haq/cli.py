@@ -126,9 +126,14 @@ def search(
         out = _auto_out(Path("runs") / f"{_slug(model)}-{hardware.split(':')[0]}-{method}-s{seed}", resume)
     con = _console()
     from haq.progress import SearchProgress
+    from haq.search.rl import SearchInterrupted
 
-    with SearchProgress(enabled=not quiet, console=_console(stderr=True)) as progress:
-        result = run_search(config, out, resume=resume, on_trial=progress.trial_callback(config))
+    try:
+        with SearchProgress(enabled=not quiet, console=_console(stderr=True)) as progress:
+            result = run_search(config, out, resume=resume, on_trial=progress.trial_callback(config))
+    except SearchInterrupted as exc:  # the method saved its checkpoint first
+        print(f"haq: {exc}", file=sys.stderr)
+        raise typer.Exit(128 + exc.signum) from None
     from haq.report import policy_table
 
     con.print(policy_table(result, config))
@@ -303,7 +308,9 @@ def main(argv: list[str] | None = None) -> None:
 
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="haq", standalone_mode=False)
+        rc = command.main(args=argv, prog_name="haq", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

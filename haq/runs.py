@@ -51,9 +51,9 @@ class HistoryWriter:
             with path.open("w", newline="") as f:
                 csv.writer(f).writerow(HISTORY_COLUMNS)
 
-    def replay(self) -> dict[tuple[str, str, str], dict[str, Any]]:
-        """Measured rows keyed by (w_bits, a_bits, quant) strings, for :class:`SearchProblem.replay`."""
-        return {(r["w_bits"], r["a_bits"], r.get("quant") or ""): r for r in self.existing}
+    def replay(self) -> dict[int, dict[str, Any]]:
+        """Measured rows keyed by trial index, for :class:`SearchProblem.replay`."""
+        return {int(r["trial"]): r for r in self.existing}
 
     def __call__(self, row: dict[str, Any]) -> None:
         i = int(row["trial"])

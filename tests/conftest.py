@@ -12,6 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HAQ_CACHE_DIR", str(ROOT / ".cache" / "haq"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# The test models are tiny: one torch thread is as fast and keeps results independent of
+# what else the machine runs (with two threads, a busy core stalls every op).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 DATA = Path(__file__).parent / "data"
 
 

@@ -123,3 +123,30 @@ def test_search_twice_without_out_never_collides_and_resume_finds_the_newest(tmp
     resumed = run_cli(*args, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "uniform-s0-2" in resumed.stdout.replace("\n", "")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_search_with_a_message_and_resume_finishes_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "haq.cli", "search", "--hardware", "bismo-edge", "--budget", "latency=0.6",
+            "--episodes", "40", "--out", str(out), "--quiet", "--option", "checkpoint_every=5"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        history = out / "history.csv"
+        if history.is_file() and len(history.read_text().splitlines()) > 8:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "checkpoint" in err
+    assert not (out / "policy.json").exists()
+    done = run_cli(*args[3:], "--resume")
+    assert done.returncode == 0, done.stderr
+    assert len((out / "history.csv").read_text().splitlines()) == 41 and (out / "policy.json").is_file()

@@ -4,11 +4,14 @@ budget loop and reward (design §7.1), checked on the embedded digits model."""
 from __future__ import annotations
 
 import gymnasium
-import haq.envs
 import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+
+import haq.envs
+from haq.api import SearchConfig, make_problem, prepare
+from haq.budget import enforce_budget
 from haq.envs.quantization_env import (
     FEATURES,
     MixedPrecisionEnv,
@@ -16,9 +19,6 @@ from haq.envs.quantization_env import (
     layer_features,
     minmax_columns,
 )
-
-from haq.api import SearchConfig, make_problem, prepare
-from haq.budget import enforce_budget
 from haq.errors import ConfigError
 from haq.search.base import EvaluationLimitReached
 

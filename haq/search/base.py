@@ -101,8 +101,9 @@ class SearchProblem:
         max_evaluations: accuracy measurements allowed (the fairness unit of haq compare).
         recorder: receives each history row (a run directory's history.csv), or None.
         on_trial: progress callback, called after every evaluation.
-        replay: accuracies of policies measured before a resume, keyed by bits; a
-            deterministic method re-run after a crash gets them back without re-measuring.
+        replay: history rows measured before a resume, keyed by trial index; a
+            deterministic method re-run after a crash gets each trial's accuracy back
+            without re-measuring, as long as it proposes the same policy at that index.
         run_dir: the run directory, where a method keeps its ``checkpoint/`` (None: no
             checkpointing).
     """
@@ -120,7 +121,7 @@ class SearchProblem:
     max_evaluations: int = 300
     recorder: Callable[[dict[str, Any]], None] | None = None
     on_trial: Callable[[Trial], None] | None = None
-    replay: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    replay: dict[int, dict[str, Any]] = field(default_factory=dict)
     run_dir: Path | None = None
     method: str = ""
     trials: list[Trial] = field(default_factory=list)
@@ -171,13 +172,14 @@ class SearchProblem:
         self,
         w_bits: Sequence[int] | np.ndarray,
         a_bits: Sequence[int] | np.ndarray,
-        reward: float | None = None,
+        reward: float | Callable[[float], float] | None = None,
         scheme: QuantScheme | None = None,
     ) -> Trial:
         """Measure one policy on the validation split; the only way a method sees accuracy.
 
         ``scheme`` measures it under another global quantization scheme (Quantune searches
-        schemes too); None = the evaluator's own. Raises :class:`EvaluationLimitReached`
+        schemes too); None = the evaluator's own. ``reward`` is recorded in the history: a
+        number, or a function of the measured accuracy (RL's reward needs the accuracy). Raises :class:`EvaluationLimitReached`
         when the limit is spent and :class:`SearchError` on a NaN/Inf accuracy (the run
         directory is kept).
         """
@@ -189,9 +191,12 @@ class SearchProblem:
         a = np.asarray(a_bits, dtype=np.int64).copy()
         index = len(self.trials)
         cost = self.costs.cost(w, a)
-        key = (bits_str(w), bits_str(a), scheme_str(scheme))
-        cached = self.replay.get(key)
-        if cached is not None and int(cached["trial"]) == index:
+        cached = self.replay.get(index)
+        if cached is not None and (cached["w_bits"], cached["a_bits"], cached.get("quant") or "") != (
+            bits_str(w), bits_str(a), scheme_str(scheme)
+        ):
+            cached = None  # the re-run diverged from the history here: measure anew
+        if cached is not None:
             acc, wall = float(cached["accuracy"]), float(cached["wall_s"])
         else:
             evaluator = self.evaluator if scheme is None else self.evaluator.with_scheme(scheme)
@@ -202,6 +207,8 @@ class SearchProblem:
                 f"trial {index} ({self.method}) measured a non-finite accuracy ({acc}); the run directory is kept - "
                 "check the model and data for NaN/Inf (e.g. a checkpoint trained with a diverged loss)"
             )
+        if callable(reward):
+            reward = float(reward(acc))
         trial = Trial(index, w, a, acc, cost, self.budget.satisfied(cost), reward, wall, scheme)
         self.trials.append(trial)
         if self.recorder is not None:

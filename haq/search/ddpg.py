@@ -232,10 +232,16 @@ class HAQDDPG(DDPG):
         self.baseline_alpha = float(baseline_alpha)
         self.reward_baseline: float | None = None  #: HAQ's ``moving_average``; None until the first batch
         self.rng = rng
-        self.replay_buffer.rng = rng
+        self.buffer.rng = rng
         self.last_losses: dict[str, float] = {}
         self.threads = threads
         self.set_logger(Logger(folder=None, output_formats=[]))
+
+    @property
+    def buffer(self) -> HAQReplayBuffer:
+        """The replay buffer, typed (SB3 declares it optional; ours always exists)."""
+        assert isinstance(self.replay_buffer, HAQReplayBuffer)
+        return self.replay_buffer
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "rng"]
@@ -256,7 +262,7 @@ class HAQDDPG(DDPG):
         r = np.array([final_reward], dtype=np.float32)
         with torch_threads(self.threads):
             for t in transitions:
-                self.replay_buffer.add(t.obs[None], t.next_obs[None], t.action[None], r, np.array([t.done]), [{}])
+                self.buffer.add(t.obs[None], t.next_obs[None], t.action[None], r, np.array([t.done]), [{}])
                 if learn:
                     self.train(gradient_steps=1, batch_size=self.batch_size)
 
@@ -271,7 +277,7 @@ class HAQDDPG(DDPG):
         self.policy.set_training_mode(True)
         for _ in range(gradient_steps):
             self._n_updates += 1
-            batch = self.replay_buffer.sample(batch_size)
+            batch = self.buffer.sample(batch_size)
             mean_r = float(batch.rewards.mean())
             if self.reward_baseline is None:
                 self.reward_baseline = mean_r

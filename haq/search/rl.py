@@ -38,6 +38,7 @@ import io
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -196,8 +197,8 @@ def _identity(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(folder: Path, agent: HAQDDPG, episode: int, rng_state: dict[str, Any],
-                    identity: dict[str, Any]) -> None:
+def save_checkpoint(folder: Path, agent: HAQDDPG, episode: int, rng_state: Mapping[str, Any],
+                    identity: Mapping[str, Any]) -> None:
     """Write the agent, replay buffer and loop state as of the start of ``episode``."""
     folder.mkdir(parents=True, exist_ok=True)
     tag = f"{episode:06d}"
@@ -205,7 +206,7 @@ def save_checkpoint(folder: Path, agent: HAQDDPG, episode: int, rng_state: dict[
     agent.save(buf)
     agent_file = atomic_write_bytes(folder / f"agent-{tag}.zip", buf.getvalue()).name
     buf = io.BytesIO()
-    np.savez(buf, **agent.replay_buffer.state_arrays())
+    np.savez(buf, **agent.buffer.state_arrays())  # type: ignore[arg-type]  # numpy stubs read ** as allow_pickle
     replay_file = atomic_write_bytes(folder / f"replay-{tag}.npz", buf.getvalue()).name
     atomic_write_json(folder / "state.json", {
         "format": CHECKPOINT_FORMAT,
@@ -275,7 +276,7 @@ def restore(folder: Path, agent: HAQDDPG, rng: np.random.Generator, problem: Sea
     try:
         agent.set_parameters(str(folder / state["agent"]), exact_match=True, device=agent.device)
         with np.load(folder / state["replay"], allow_pickle=False) as arrays:
-            agent.replay_buffer.load_state_arrays(arrays)
+            agent.buffer.load_state_arrays(arrays)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise RunDirError(
             f"checkpoint {folder} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -285,9 +286,9 @@ def restore(folder: Path, agent: HAQDDPG, rng: np.random.Generator, problem: Sea
     agent._n_updates = int(state.get("n_updates", 0))
     rng.bit_generator.state = state["rng"]
     for row in rows[:episode]:
-        # base.py keys replay by policy; a search that repeats a policy needs this row's entry
-        problem.replay[(row["w_bits"], row["a_bits"])] = row
-        problem.evaluate(parse_bits_str(row["w_bits"]), parse_bits_str(row["a_bits"]))
+        problem.replay[int(row["trial"])] = row
+        problem.evaluate(parse_bits_str(row["w_bits"]), parse_bits_str(row["a_bits"]),
+                         reward=float(row["reward"]) if row.get("reward") not in (None, "") else None)
     return episode
 
 
