@@ -53,21 +53,65 @@ class MethodRow:
 
 
 PROBLEMS = [
-    Problem("digits-mobilenet", "bitfusion", "latency=0.5"),  # the issue's; below BitFusion's reach on 8x8 images
+    Problem("digits-mobilenet", "bitfusion", "latency=0.5"),  # the issues'; below BitFusion's reach on 8x8 images
     Problem("digits-mobilenet", "bitfusion", "latency=0.7"),  # haq's default problem
-    Problem("digits-mobilenet", "bismo-edge", "latency=0.5"),
+    Problem("digits-mobilenet", "bismo-edge", "latency=0.6"),
     Problem("digits-mobilenet", "bitfusion", "energy=0.8"),
+    Problem("digits-resnet", "bitfusion", "latency=0.7"),
+    Problem("digits-resnet", "bismo-edge", "latency=0.6"),
 ]
 
+LIMIT = 300  #: the same evaluation limit for every method (a method may use fewer)
 METHODS = [
-    MethodRow("rl", evaluations=300, quick_options={"warmup_episodes": 10}),  # HAQ, the speed goal's length
-    MethodRow("rl", evaluations=600, quick_evaluations=0),  # HAQ's own length (rl_quantize.py --train_episode)
+    MethodRow("rl", evaluations=LIMIT, quick_options={"warmup_episodes": 10}),  # HAQ
+    MethodRow("hawq", evaluations=LIMIT, quick_evaluations=3),  # HAWQ-V3 (uses ~5: ILP optimum + next-best)
+    MethodRow("hago", evaluations=LIMIT),  # HAGO greedy walk + budget phase
+    MethodRow("quantune", evaluations=LIMIT),  # XGBoost surrogate over schemes and bits
+    MethodRow("pareto", evaluations=LIMIT),  # NSGA-II front (beyond the seeds)
+    MethodRow("random", evaluations=LIMIT),
 ]
 
-# Hook for the limit column: a function (workspace, problem) -> best test accuracy in [0, 1]
-# of an exhaustive search over a small sub-space (e.g. two bit choices for a few layers,
-# the rest fixed), or None. Left empty until that search exists.
-EXHAUSTIVE: Callable[[Workspace, Problem], float | None] | None = None
+
+def exhaustive_limit(ws: Workspace, prob: Problem) -> tuple[float, float, int] | None:
+    """The best policy of a sub-space small enough to enumerate, chosen on validation.
+
+    Sub-space: every free layer group takes 4 or 8 bits (weights and activations alike),
+    pinned layers stay at 8. Groups are single layers when there are at most 10 free
+    layers (digits-resnet: 2^8 policies), else blocks - the module path up to its second
+    component, e.g. ``features.3`` (digits-mobilenet: 2^6). Returns (test accuracy of the
+    best feasible by validation, its validation accuracy, policies measured), or None when
+    nothing in the sub-space meets the budget.
+    """
+    import itertools
+
+    problem = make_problem(SearchConfig(model=prob.model, hardware=prob.hardware, budget=(prob.budget,),
+                                        method="uniform"), ws)
+    free = [i for i in range(problem.n_layers) if i not in problem.pinned]
+    if len(free) <= 10:
+        groups = [[i] for i in free]
+    else:
+        by_block: dict[str, list[int]] = {}
+        for i in free:
+            by_block.setdefault(".".join(ws.layers[i].name.split(".")[:2]), []).append(i)
+        groups = list(by_block.values())
+    best: tuple[float, np.ndarray] | None = None
+    measured = 0
+    for combo in itertools.product((4, 8), repeat=len(groups)):
+        bits = np.full(problem.n_layers, 8)
+        for g, b in zip(groups, combo, strict=True):
+            bits[g] = b
+        if not problem.feasible(bits, bits):
+            continue
+        acc = ws.evaluator.evaluate(bits, bits, "val")
+        measured += 1
+        if best is None or acc > best[0]:
+            best = (acc, bits)
+    if best is None:
+        return None
+    return ws.evaluator.evaluate(best[1], best[1], "test"), best[0], measured
+
+
+EXHAUSTIVE: Callable[[Workspace, Problem], tuple[float, float, int] | None] | None = exhaustive_limit
 
 
 def pct(x: float) -> str:
@@ -113,14 +157,18 @@ def main() -> None:
         uni = search(prob.model, prob.hardware, prob.budget, method="uniform", workspace=ws)
         up = uni.best_policy
         u_acc, u_ratio = up.metrics["accuracy"], up.metrics[field_name] / ref
-        limit = EXHAUSTIVE(ws, prob) if EXHAUSTIVE is not None else None
+        limit = EXHAUSTIVE(ws, prob) if EXHAUSTIVE is not None and not args.quick else None
         print(f"fp32 test accuracy {pct(fp32)}%; uniform 8-bit {pct(acc8)}% at {primary} 1.000; "
               f"best feasible uniform w{up.w_bits[1]}a{up.a_bits[1]} {pct(u_acc)}% at {u_ratio:.3f} "
               f"({uni.evaluations} evaluations)")
-        print(f"exhaustive optimum on a sub-space: {'n/a (hook EXHAUSTIVE)' if limit is None else pct(limit) + '%'}")
+        if limit is None:
+            print("exhaustive optimum on the {4,8}-per-group sub-space: n/a (skipped in --quick, or none feasible)")
+        else:
+            print(f"exhaustive optimum on the {{4,8}}-per-group sub-space ({limit[2]} feasible policies measured): "
+                  f"test {pct(limit[0])}% (val {pct(limit[1])}%)")
         print(f"| method | test acc % (mean ± std, {len(seeds)} seeds) | val acc % | {primary} / uniform-8 | "
-              "evaluations | wall s | >= best uniform | fp32 - acc (pt) | bar (1 pt) | goal (0.5 pt) |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "evaluations | wall s | >= best uniform | fp32 - acc (pt) | bar (1 pt) | goal (0.5 pt) | gap to limit (pt) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for row in methods:
             n = row.quick_evaluations if args.quick else row.evaluations
             if n == 0:
@@ -144,7 +192,8 @@ def main() -> None:
             print(f"| {label} | {pct(mean)} ± {100 * std:.2f} | {pct(statistics.fmean(vals))} | "
                   f"{statistics.fmean(ratios):.3f} | {statistics.fmean(evals):.0f} | {statistics.fmean(walls):.0f} | "
                   f"{'yes' if mean >= u_acc else 'no'} | {drop:.2f} | {'yes' if drop <= 1.0 else 'no'} | "
-                  f"{'yes' if drop <= 0.5 else 'no'} |")
+                  f"{'yes' if drop <= 0.5 else 'no'} | "
+                  f"{'n/a' if limit is None else f'{100 * (limit[0] - mean):+.2f}'} |")
 
 
 if __name__ == "__main__":
