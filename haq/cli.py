@@ -302,8 +302,6 @@ def list_(what: Annotated[str, typer.Argument(help="models, data, hardware or me
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit code 2 for every user error, never a traceback."""
-    import click
-
     from haq.errors import HaqError
 
     command = typer.main.get_command(app)
@@ -311,12 +309,17 @@ def main(argv: list[str] | None = None) -> None:
         rc = command.main(args=argv, prog_name="haq", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:
+        # Typer vendors click since 0.2x: usage errors are TyperExceptions with click's show().
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"haq: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("haq: interrupted; a search can be continued with --resume", file=sys.stderr)
         sys.exit(130)
     except HaqError as exc:
