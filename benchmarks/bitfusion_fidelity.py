@@ -21,6 +21,7 @@ if one fails).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 import time
@@ -45,14 +46,14 @@ from haq.simulators.bitfusion import (
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference" / "apq_bitfusion_latency_energy.json"
-SAMPLE = REPO / "tests" / "data" / "apq_bitfusion_sample.json"
+REFERENCE_COPY = REPO / "tests" / "data" / "apq_bitfusion_latency_energy.json.gz"  # same table, gzipped
 MAX_MEDIAN_ERROR, MIN_SPEARMAN = 0.05, 0.95
 
 
 def load_entries(path: Path | None, quick: bool) -> tuple[Path, list[tuple[tuple[int, ...], int, int, dict]]]:
     """APQ's entries as (layer, w, a, {latency, energy}); --quick keeps every 5th layer shape."""
-    path = path or (REFERENCE if REFERENCE.exists() else SAMPLE)
-    raw = json.loads(path.read_text())
+    path = path or (REFERENCE if REFERENCE.exists() else REFERENCE_COPY)
+    raw = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
     raw = raw.get("entries", raw)
     entries = [(*parse_apq_key(k), v) for k, v in raw.items() if k not in ("head", "tail")]
     if quick:
