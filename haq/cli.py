@@ -86,7 +86,7 @@ def search(
     input_size: InputSizeOpt = None,
     hardware: HardwareOpt = "bitfusion",
     budget: BudgetOpt = None,
-    method: Annotated[str, typer.Option("--method", help="rl, hawq, hago, quantune, random, uniform (haq list methods)")] = "rl",
+    method: Annotated[str, typer.Option("--method", help="rl, hawq, hago, quantune, pareto, random, uniform (haq list methods)")] = "rl",
     episodes: Annotated[int | None, typer.Option("--episodes", help="RL episodes (= evaluations)")] = None,
     max_evaluations: Annotated[int | None, typer.Option("--max-evaluations", help="accuracy measurements allowed")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -276,8 +276,8 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="a run directory written b
 
 
 @app.command("list")
-def list_(what: Annotated[str, typer.Argument(help="models, data, hardware or methods")]) -> None:
-    """What the registries hold."""
+def list_(what: Annotated[str, typer.Argument(help="models, data, hardware, methods or options")]) -> None:
+    """What the registries hold; `options` lists every method's --option KEY=VALUE with its default."""
     from rich.table import Table
 
     from haq.errors import UnknownNameError
@@ -290,8 +290,10 @@ def list_(what: Annotated[str, typer.Argument(help="models, data, hardware or me
         from haq.simulators import list_hardware as rows_fn
     elif what == "methods":
         from haq.search import list_methods as rows_fn
+    elif what == "options":
+        from haq.search import list_method_options as rows_fn
     else:
-        raise UnknownNameError(f"haq list {what!r}: choose models, data, hardware or methods")
+        raise UnknownNameError(f"haq list {what!r}: choose models, data, hardware, methods or options")
     table = Table(show_header=True, header_style="bold")
     table.add_column("name")
     table.add_column("what it is")

@@ -33,6 +33,17 @@ def test_list_shows_the_registries(what):
     assert expected in proc.stdout
 
 
+def test_list_options_names_every_method_option_with_its_default_and_meaning():
+    from haq.search import list_method_options
+
+    rows = dict(list_method_options())
+    assert rows["rl.warmup_episodes"].startswith("20 - episodes of uniform random actions")
+    assert rows["hawq.alternatives"].startswith("4 - next-best ILP solutions")
+    assert all(" - " in text for text in rows.values()), [k for k, t in rows.items() if " - " not in t]
+    proc = run_cli("list", "options")
+    assert proc.returncode == 0 and "quantune.objective" in proc.stdout
+
+
 def test_cost_json_needs_no_data_and_works_for_torchvision():
     proc = run_cli("cost", "--model", "resnet18", "--policy", "uniform:8", "--json")
     assert proc.returncode == 0, proc.stderr
