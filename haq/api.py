@@ -31,6 +31,14 @@ from haq.simulators.base import CostTable
 #: only 0.56 of uniform 8-bit latency, so 0.5 is unreachable. 0.7 (HAQ's 1.4x) leaves a
 #: real trade-off between 4- and 8-bit layers.
 DEFAULT_BUDGET = "latency=0.7"
+#: The budget when only --max-accuracy-drop is given: never above uniform 8-bit latency, and
+#: latency is the cost the cheapest policy within the drop minimises.
+DROP_BUDGET = "latency=1.0"
+
+
+def default_budget(max_accuracy_drop: float | None) -> str:
+    """The budget a search gets when none is given."""
+    return DEFAULT_BUDGET if max_accuracy_drop is None else DROP_BUDGET
 
 
 @dataclass
@@ -52,6 +60,9 @@ class SearchConfig:
     pin: str = "first,last"  #: layers fixed at 8 bits: first,last | none | comma-separated layer names
     quant: dict[str, Any] = field(default_factory=lambda: QuantScheme().to_dict())  #: global scheme
     options: dict[str, Any] = field(default_factory=dict)  #: method-specific options
+    #: percent points of validation accuracy below fp32 allowed; set = return the cheapest
+    #: policy within it (on the budget's first cost) instead of the most accurate one
+    max_accuracy_drop: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, str):
@@ -61,6 +72,8 @@ class SearchConfig:
             raise ConfigError(f"--min-bits {self.min_bits} / --max-bits {self.max_bits}: need 1 <= min <= max")
         if self.max_bits not in (*range(1, 9), 16, 32):
             raise ConfigError(f"--max-bits {self.max_bits}: use 1-8, 16 or 32")
+        if self.max_accuracy_drop is not None and not (0 <= self.max_accuracy_drop < 100):
+            raise ConfigError(f"--max-accuracy-drop {self.max_accuracy_drop}: give percent points, 0 <= drop < 100 (e.g. 1.0)")
         if self.max_evaluations is not None and self.max_evaluations < 1:
             raise ConfigError(f"--max-evaluations {self.max_evaluations}: must be at least 1")
         Budget.parse(list(self.budget))  # malformed budgets fail here, before any work
@@ -192,6 +205,7 @@ def make_problem(
         max_evaluations=config.max_evaluations or spec.default_evaluations,
         recorder=recorder,
         on_trial=on_trial,
+        max_accuracy_drop=config.max_accuracy_drop,
     )
 
 
@@ -210,7 +224,7 @@ def method_options(config: SearchConfig) -> Any:
 def search(
     model: str = "digits-mobilenet",
     hardware: str = "bitfusion",
-    budget: str | Sequence[str] = DEFAULT_BUDGET,
+    budget: str | Sequence[str] | None = None,
     method: str = "rl",
     out: str | Path | None = None,
     workspace: Workspace | None = None,
@@ -222,11 +236,15 @@ def search(
     Keyword arguments that are :class:`SearchConfig` fields set the config (``seed``,
     ``max_evaluations``, ``data``, ``pin``, ...); the rest are the method's options
     (e.g. ``episodes`` is RL's ``max_evaluations``). With ``out``, a run directory is
-    written (policy.json, history.csv, plots, ...) and can be resumed.
+    written (policy.json, history.csv, plots, ...) and can be resumed. ``budget`` None =
+    ``latency=0.7``, or ``latency=1.0`` with ``max_accuracy_drop`` (then the cheapest policy
+    within the drop is returned).
     """
     cfg_names = {f.name for f in fields(SearchConfig)}
     cfg_kwargs = {k: v for k, v in kwargs.items() if k in cfg_names}
     options = {k: v for k, v in kwargs.items() if k not in cfg_names}
+    if budget is None:
+        budget = default_budget(cfg_kwargs.get("max_accuracy_drop"))
     budget_items = (budget,) if isinstance(budget, str) else tuple(budget)
     config = SearchConfig(model=model, hardware=hardware, budget=budget_items, method=method, options=options, **cfg_kwargs)
     if out is not None:

@@ -28,6 +28,7 @@ WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="state-dict f
 DataOpt = Annotated[str | None, typer.Option("--data", help="digits or imagefolder:PATH (default: the model's own)")]
 InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="image height = width in pixels")]
 HardwareOpt = Annotated[str, typer.Option("--hardware", "-H", help="hardware model (haq list hardware)")]
+DropOpt = Annotated[float | None, typer.Option("--max-accuracy-drop", help="percent points below fp32 (validation) allowed: return the cheapest policy within it, not the most accurate; best with --method pareto")]
 BudgetOpt = Annotated[list[str] | None, typer.Option("--budget", "-b", help=f"default {DEFAULT_BUDGET}; latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; repeat for several")]
 CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax, percentile:P, entropy or mse")]
 WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
@@ -100,10 +101,11 @@ def search(
     act_quant: ActQuantOpt = "asymmetric-per-tensor",
     option: Annotated[list[str] | None, typer.Option("--option", help="method option KEY=VALUE (repeatable)")] = None,
     tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="RL: TensorBoard log dir")] = None,
+    max_accuracy_drop: DropOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Search per-layer bitwidths under a budget; writes a run directory."""
-    from haq.api import SearchConfig
+    from haq.api import SearchConfig, default_budget
     from haq.errors import ConfigError
     from haq.runs import run_search
 
@@ -118,9 +120,9 @@ def search(
         opts["tensorboard_dir"] = str(tensorboard)
     config = SearchConfig(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
-        hardware=hardware, budget=tuple(budget or [DEFAULT_BUDGET]), method=method, seed=seed,
+        hardware=hardware, budget=tuple(budget or [default_budget(max_accuracy_drop)]), method=method, seed=seed,
         max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
-        quant=_quant(calibration, weight_quant, act_quant), options=opts,
+        quant=_quant(calibration, weight_quant, act_quant), options=opts, max_accuracy_drop=max_accuracy_drop,
     )
     if out is None:
         out = _auto_out(Path("runs") / f"{_slug(model)}-{hardware.split(':')[0]}-{method}-s{seed}", resume)
@@ -160,19 +162,21 @@ def compare(
     calibration: CalibOpt = "percentile:99.99",
     weight_quant: WeightQuantOpt = "symmetric-per-channel",
     act_quant: ActQuantOpt = "asymmetric-per-tensor",
+    max_accuracy_drop: DropOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run several methods on the same problem and evaluation limit; write a comparison."""
-    from haq.api import SearchConfig
+    from haq.api import SearchConfig, default_budget
     from haq.compare import compare as run_compare
     from haq.compare import to_markdown
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     config = SearchConfig(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
-        hardware=hardware, budget=tuple(budget or [DEFAULT_BUDGET]), method=names[0] if names else "uniform",
-        seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
-        quant=_quant(calibration, weight_quant, act_quant),
+        hardware=hardware, budget=tuple(budget or [default_budget(max_accuracy_drop)]),
+        method=names[0] if names else "uniform", seed=seed, max_evaluations=max_evaluations,
+        min_bits=min_bits, max_bits=max_bits, pin=pin, quant=_quant(calibration, weight_quant, act_quant),
+        max_accuracy_drop=max_accuracy_drop,
     )
     out = out or _auto_out(Path("runs") / f"compare-{_slug(model)}-{hardware.split(':')[0]}", resume=False)
     err = _console(stderr=True)

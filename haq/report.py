@@ -167,6 +167,10 @@ def policy_table(result, config) -> Any:  # noqa: ANN001 - SearchResult, SearchC
     share = frame[col] / max(float(frame[col].sum()), 1e-30)
     title = (f"{config.method} on {config.model} / {config.hardware}, budget {', '.join(config.budget)}: "
              f"test acc {100 * m['accuracy']:.2f}% (fp32 {100 * m['fp32_accuracy']:.2f}%)")
+    drop = getattr(config, "max_accuracy_drop", None)
+    if drop is not None:
+        met = result.best_policy.search.get("accuracy_drop_met")
+        title += f"; cheapest within {drop} pt of fp32 (validation): {'met' if met else 'NOT met, most accurate shown'}"
     t = Table(title=title)
     for c in ("layer", "kind", "w_bits", "a_bits", f"{col} share"):
         t.add_column(c, justify="left" if c in ("layer", "kind") else "right")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,7 @@ def summary_markdown(result: SearchResult, config: dict[str, Any]) -> str:
         f"# haq search: {config.get('method')} on {config.get('model')} / {config.get('hardware')}",
         "",
         f"- budget: {', '.join(config.get('budget', []))}",
+        *_drop_line(p.search, config),
         f"- evaluations: {result.evaluations}, wall time {result.wall_s:.1f} s, seed {config.get('seed')}",
         f"- test accuracy: {_pct(m.get('accuracy'))} (fp32 {_pct(m.get('fp32_accuracy'))}; "
         f"validation {_pct(m.get('val_accuracy'))})",
@@ -169,6 +170,15 @@ def summary_markdown(result: SearchResult, config: dict[str, Any]) -> str:
     ]
     lines += [f"| {lb.name} | {lb.kind} | {lb.w_bits} | {lb.a_bits} |" for lb in p.layers]
     return "\n".join(lines) + "\n"
+
+
+def _drop_line(search: Mapping[str, Any], config: dict[str, Any]) -> list[str]:
+    drop = config.get("max_accuracy_drop")
+    if drop is None:
+        return []
+    met = "met: the cheapest policy measured within it" if search.get("accuracy_drop_met") else (
+        "NOT met by any policy measured: this is the most accurate one; raise --max-evaluations or the drop")
+    return [f"- max accuracy drop: {drop} pt of fp32 (validation), {met}"]
 
 
 def _pct(v: Any) -> str:

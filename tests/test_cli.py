@@ -79,7 +79,7 @@ def test_evaluate_json_reports_accuracy_size_and_bops():
         (["cost", "--hardware", "bitfusoin"], ["unknown hardware 'bitfusoin'", "did you mean bitfusion"]),
         (["cost", "--hardware", "bitfusion", "--policy", "uniform:3"], ["bitfusion runs 2, 4 or 8 bits", "--round-up"]),
         (["evaluate", "--policy", "uniform:8", "--data", "digts"], ["unknown data 'digts'", "did you mean digits"]),
-        (["list", "gadgets"], ["choose models, data, hardware or methods"]),
+        (["list", "gadgets"], ["choose models, data, hardware, methods or options"]),
         (["search", "--method", "rand"], ["unknown search method 'rand'", "did you mean random"]),
         (["search", "--budget", "latncy=0.5"], ["unknown: did you mean latency"]),
         (["search", "--episodes", "0"], ["--episodes 0: must be at least 1"]),

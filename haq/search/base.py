@@ -106,6 +106,9 @@ class SearchProblem:
             without re-measuring, as long as it proposes the same policy at that index.
         run_dir: the run directory, where a method keeps its ``checkpoint/`` (None: no
             checkpointing).
+        max_accuracy_drop: the other question users ask (design §8): the *cheapest* policy
+            (on the budget's first cost) whose validation accuracy is within this many
+            percent points of fp32. None = the most accurate policy within the budget.
     """
 
     model_name: str
@@ -124,6 +127,7 @@ class SearchProblem:
     replay: dict[int, dict[str, Any]] = field(default_factory=dict)
     run_dir: Path | None = None
     method: str = ""
+    max_accuracy_drop: float | None = None
     trials: list[Trial] = field(default_factory=list)
     _start: float = field(default_factory=time.perf_counter)
     _fp32: dict[str, float] = field(default_factory=dict)
@@ -143,12 +147,23 @@ class SearchProblem:
 
     @property
     def best(self) -> Trial | None:
-        """Best feasible trial so far: highest accuracy, then lowest primary cost."""
+        """Best feasible trial so far: highest accuracy, then lowest primary cost; with
+        ``max_accuracy_drop``, the cheapest trial within the drop (highest accuracy on a
+        tie), or the most accurate one while none is within it."""
         feasible = [t for t in self.trials if t.feasible]
         if not feasible:
             return None
         key = self.budget.primary
+        within = [t for t in feasible if self.within_accuracy_drop(t)]
+        if within:
+            return min(within, key=lambda t: (t.cost.get(key) or 0.0, -t.accuracy))
         return max(feasible, key=lambda t: (t.accuracy, -(t.cost.get(key) or 0.0)))
+
+    def within_accuracy_drop(self, trial: Trial) -> bool:
+        """Whether ``trial`` is within ``max_accuracy_drop`` points of fp32 (validation)."""
+        if self.max_accuracy_drop is None:
+            return False
+        return trial.accuracy >= self.fp32_accuracy("val") - self.max_accuracy_drop / 100 - 1e-12
 
     def fp32_accuracy(self, split: str = "val") -> float:
         if split not in self._fp32:
@@ -330,9 +345,11 @@ def run_method(problem: SearchProblem, spec: MethodSpec, options: Any) -> Search
             f"{spec.name} found no policy within the budget {problem.budget.budget} in {problem.evaluations} "
             "evaluations; raise --max-evaluations or the budget"
         )
-    policy = finalize_policy(
-        problem, best.w_bits, best.a_bits, {"method": spec.name, "evaluations": problem.evaluations}, best.scheme
-    )
+    meta: dict[str, Any] = {"method": spec.name, "evaluations": problem.evaluations}
+    if problem.max_accuracy_drop is not None:
+        meta["max_accuracy_drop"] = problem.max_accuracy_drop
+        meta["accuracy_drop_met"] = problem.within_accuracy_drop(best)
+    policy = finalize_policy(problem, best.w_bits, best.a_bits, meta, best.scheme)
     history = problem.history()
     return SearchResult(
         method=spec.name,

@@ -5,10 +5,14 @@ sees the trade-off and picks. Every free layer's weight and activation bitwidth 
 categorical parameter; the two objectives are validation accuracy (maximised) and the
 budget's first cost (minimised). The budget enters as NSGA-II's constraint (violation =
 max over budget items of cost/limit - 1), so the search is drawn to the feasible side while
-infeasible points still shape the front; the returned best policy is the most accurate
-feasible one, like every other method, and ``SearchResult.pareto`` holds the front. If no
-feasible policy has turned up by the last evaluation, that evaluation goes to the most
-accurate policy so far lowered to the budget with HAQ's loop.
+infeasible points still shape the front. With ``max_accuracy_drop`` the accuracy bound is a
+second constraint, which pulls the population up to the bound and then along it to lower
+cost. The uniform policies are measured first: random policies over 2-8 bits are mostly far
+from fp32 accuracy, and the uniform ones anchor the front's accurate end. The returned best
+policy is chosen like every other method's (most accurate feasible, or cheapest within the
+drop) and ``SearchResult.pareto`` holds the front. If no feasible policy has turned up by
+the last evaluation, that evaluation goes to the most accurate policy so far lowered to the
+budget with HAQ's loop.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ class ParetoOptions:
 
     population_size: int = 20  #: NSGA-II population (generations = evaluations / population)
     mutation_prob: float | None = None  #: per-parameter mutation probability; None = Optuna's 1/n
-    start_from_max: bool = True  #: measure the all-highest-bits policy first (anchors the front)
+    start_from_max: bool = True  #: measure the uniform policies first, highest bits first (anchor the front)
+
+
+def _nearest(choices: tuple[int, ...], level: int) -> int:
+    """The choice closest to ``level`` bits (the higher one on a tie)."""
+    return min(choices, key=lambda b: (abs(b - level), -b))
 
 
 def run_pareto(problem: SearchProblem, options: ParetoOptions) -> dict[str, Any]:
@@ -48,7 +57,12 @@ def run_pareto(problem: SearchProblem, options: ParetoOptions) -> dict[str, Any]
     )
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     if options.start_from_max:
-        study.enqueue_trial({**{f"w{i}": int(hi_w[i]) for i in free}, **{f"a{i}": int(hi_a[i]) for i in free}})
+        # Random policies over {2..8} bits are mostly far from fp32 accuracy; the uniform
+        # ones (each layer at the nearest bitwidth it may take) seed the high-accuracy end.
+        levels = sorted({int(b) for i in free for b in problem.choices[i]}, reverse=True)
+        for level in levels[: max(1, options.population_size // 2)]:
+            near = {i: _nearest(problem.choices[i], level) for i in free}
+            study.enqueue_trial({**{f"w{i}": int(near[i]) for i in free}, **{f"a{i}": int(near[i]) for i in free}})
     while True:
         if problem.remaining == 1 and problem.best is None:
             # The last evaluation is kept for a feasible answer: the most accurate point so
@@ -67,6 +81,9 @@ def run_pareto(problem: SearchProblem, options: ParetoOptions) -> dict[str, Any]
         usage = problem.budget.usage(cost)
         trial.set_constraint("budget", float(max(usage.values(), default=0.0) - 1.0))
         measured = problem.evaluate(w, a)  # raises EvaluationLimitReached at the limit
+        if problem.max_accuracy_drop is not None:  # the drop bound is a constraint too
+            target = problem.fp32_accuracy("val") - problem.max_accuracy_drop / 100
+            trial.set_constraint("accuracy_drop", float(target - measured.accuracy))
         primary = cost.get(key)
         study.tell(trial, [measured.accuracy, float(primary) if primary is not None and np.isfinite(primary) else 1e30])
 

@@ -1,0 +1,94 @@
+"""`--max-accuracy-drop`: the cheapest policy within an accuracy bound (design §8's second
+question), answered by every method from what it measured, best by `pareto`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from haq.api import SearchConfig, make_problem, prepare, search
+from haq.errors import ConfigError
+from haq.search import get_method, run_method
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def workspace():
+    return prepare(SearchConfig(hardware="bismo-edge"))
+
+
+def _run(workspace, drop, n=24, budget="latency=1.0"):
+    cfg = SearchConfig(hardware="bismo-edge", budget=(budget,), method="pareto", max_evaluations=n,
+                       options={"population_size": 8}, max_accuracy_drop=drop)
+    problem = make_problem(cfg, workspace)
+    spec = get_method("pareto")
+    return problem, run_method(problem, spec, spec.options_type(population_size=8))
+
+
+def test_the_cheapest_measured_policy_within_the_drop_is_returned(workspace):
+    problem, result = _run(workspace, drop=1.0)
+    fp32 = problem.fp32_accuracy("val")
+    h = result.history
+    within = h[h["feasible"] & (h["accuracy"] >= fp32 - 0.01 - 1e-12)]
+    assert len(within) >= 1
+    m = result.best_policy.metrics
+    assert m["latency_ms"] == pytest.approx(within["latency_ms"].min())
+    assert m["val_accuracy"] >= fp32 - 0.01 - 1e-12
+    assert result.best_policy.search["accuracy_drop_met"] is True
+    assert result.best_policy.search["max_accuracy_drop"] == 1.0
+
+
+def test_a_looser_drop_never_gives_a_costlier_policy_from_the_same_trials(workspace):
+    problem, _ = _run(workspace, drop=None)
+    chosen = []
+    for drop in (0.0, 0.5, 1.0, 2.0, 5.0, 20.0):
+        problem.max_accuracy_drop = drop
+        chosen.append(problem.best.cost.latency_ms)
+    assert chosen == sorted(chosen, reverse=True)
+    assert chosen[-1] < chosen[0]
+
+
+def test_pareto_with_a_drop_finds_a_policy_cheaper_than_8_bit_within_it(workspace):
+    problem, result = _run(workspace, drop=1.0, n=40)
+    assert result.best_policy.search["accuracy_drop_met"] is True
+    assert result.best_policy.metrics["latency_ms"] < 0.9 * problem.costs.uniform(8).latency_ms
+
+
+def test_without_a_drop_the_most_accurate_policy_is_returned(workspace):
+    _, result = _run(workspace, drop=None)
+    assert result.best_policy.metrics["val_accuracy"] == pytest.approx(
+        result.history.loc[result.history["feasible"], "accuracy"].max())
+    assert "accuracy_drop_met" not in result.best_policy.search
+
+
+def test_an_unmet_drop_returns_the_most_accurate_policy_and_says_so(workspace):
+    problem, result = _run(workspace, drop=0.0, n=3, budget="latency=0.45")
+    h = result.history[result.history["feasible"]]
+    if (h["accuracy"] >= problem.fp32_accuracy("val")).any():
+        pytest.skip("a policy at 0.45 of 8-bit latency kept fp32 accuracy on the validation split")
+    assert result.best_policy.search["accuracy_drop_met"] is False
+    assert result.best_policy.metrics["val_accuracy"] == pytest.approx(h["accuracy"].max())
+
+
+def test_the_api_defaults_to_an_uncapped_latency_budget_with_a_drop(tmp_path):
+    result = search(hardware="bismo-edge", method="uniform", max_accuracy_drop=0.5, out=tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["budget"] == ["latency=1.0"] and config["max_accuracy_drop"] == 0.5
+    assert "max accuracy drop: 0.5 pt" in (tmp_path / "run" / "summary.md").read_text()
+    w = np.asarray(result.best_policy.w_bits)
+    assert w.max() <= 8
+
+
+@pytest.mark.parametrize("drop", ["-1", "100", "abc"])
+def test_a_bad_drop_is_one_line(drop):
+    proc = run_cli("search", "--max-accuracy-drop", drop, "--episodes", "2")
+    assert proc.returncode == 2
+    assert "--max-accuracy-drop" in proc.stderr or "max-accuracy-drop" in proc.stderr.replace("'", "")
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_refuses_a_negative_drop():
+    with pytest.raises(ConfigError, match="percent points"):
+        SearchConfig(max_accuracy_drop=-0.5)
