@@ -6,7 +6,6 @@ from __future__ import annotations
 import gymnasium
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env
 
 import haq.envs
@@ -23,16 +22,6 @@ from haq.errors import ConfigError
 from haq.search.base import EvaluationLimitReached
 
 CONFIG = SearchConfig(hardware="bismo-edge", budget=("latency=0.5",), method="rl", max_evaluations=50)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Evaluations of the tiny digits model are fastest single-threaded (and a busy 2-core
-    machine makes OpenMP's spinning threads ~10x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

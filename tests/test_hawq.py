@@ -36,16 +36,6 @@ SUBOPTIMAL_SHIPPED = ("resnet50", "modelsize_0.25")  # the shipped config has a 
 FAST_HESSIAN = {"hessian_max_iter": 20, "hessian_batch_size": 64}  # keeps first runs short
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Hessian-vector products on these small models gain nothing from intra-op threads, and on a
-    shared 2-core machine OpenMP's spin-waiting makes them 10-20x slower; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----- reproduction of HAWQ-V3's released ILP ------------------------------------------------
 @pytest.mark.parametrize("model,config", CONFIGS, ids=[f"{m}-{c}" for m, c in CONFIGS])
 def test_ilp_reproduces_the_shipped_hawq_v3_configuration(model, config):

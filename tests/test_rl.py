@@ -37,14 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 HW = "bismo-edge"  # latency=0.5 is reachable there with first/last pinned
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def ws():
     return prepare(SearchConfig(hardware=HW))

@@ -71,16 +71,17 @@ class QuantuneOptions:
         threads: XGBoost threads per fit.
     """
 
-    rounds: int = 200
-    eta: float = 0.30
-    gamma: float = 1.0
-    objective: str = "rank:pairwise"
-    k: int = 1
-    epsilon: float = 0.0
+    # the surrogate's settings default to SurrogateOptions' (one place for the paper's values)
+    rounds: int = SurrogateOptions.rounds
+    eta: float = SurrogateOptions.eta
+    gamma: float = SurrogateOptions.gamma
+    objective: str = SurrogateOptions.objective
+    k: int = SurrogateOptions.k
+    epsilon: float = SurrogateOptions.epsilon
     pool_size: int = 256
     mixed: bool = True
     warm_start: tuple[str, ...] = ()
-    threads: int = 1
+    threads: int = SurrogateOptions.threads
 
     def __post_init__(self) -> None:
         self.surrogate()  # validates the shared fields
