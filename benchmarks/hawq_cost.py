@@ -91,7 +91,7 @@ def trace_worker(name: str, threads: int, max_iter: int, resnet_batch: int) -> d
     else:
         from haq.data import load_digits
         from haq.models import load_model
-        from haq.quant.fold import fold_batchnorm
+        from haq.fold import fold_batchnorm
 
         data = load_digits()
         loaded = load_model(name)

@@ -8,18 +8,17 @@ the budget with HAQ's loop, measured once on the validation split, and rewarded.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from haq.budget import enforce_budget
 from haq.errors import ConfigError
 from haq.layers import LayerSpec
-from haq.search.base import SearchProblem
+from haq.ledger import Ledger
+from haq.problem import Proposal, SearchProblem, Trial
 
 #: Names of the 10 observation features, in order.
 FEATURES: tuple[str, ...] = (
@@ -90,8 +89,9 @@ class MixedPrecisionEnv(gym.Env):
     and then the activation bitwidth (``2L`` steps). After the last step HAQ's budget loop
     lowers bits from the last layer to the first until the budget holds
     (:func:`haq.budget.enforce_budget`), and the policy's top-1 accuracy is measured once
-    on the validation split through :meth:`SearchProblem.evaluate` (counted, recorded in
-    the run's history). The first and last layers are pinned at 8 bits by default.
+    on the validation split through the run's :class:`~haq.ledger.Ledger` (counted,
+    recorded in the run's history). The first and last layers are pinned at 8 bits by
+    default.
 
     ## Action Space
     ``Box(0, 1, (1,), float32)``: the layer's bitwidth as a fraction. It maps to bits with
@@ -135,25 +135,32 @@ class MixedPrecisionEnv(gym.Env):
     ``proposed_a_bits`` (the agent's choices before it), ``proposal_met_budget``,
     ``budget_met``, ``accuracy`` and ``fp32_accuracy`` (validation, in [0, 1]),
     ``latency_ms``, ``energy_mj``, ``size_mib``, ``bops_g`` (None where the hardware model
-    has no such cost), ``budget_usage`` (cost / limit per budget key) and ``trial`` (its
-    index in the search history). Stepping on raises
-    :class:`~haq.search.base.EvaluationLimitReached` once the problem's evaluation limit is
+    has no such cost), ``budget_usage`` (cost / limit per budget key), ``trial`` (its
+    index in the search history) and ``measured`` (True). The last step raises
+    :class:`~haq.problem.EvaluationLimitReached` once the problem's evaluation limit is
     spent, and :class:`~haq.errors.SearchError` on a non-finite accuracy.
+
+    Without a ledger (``ledger=None``, how the ``rl`` method plays several episodes before
+    measuring them as one batch) the last step measures nothing: its reward is 0,
+    ``info["measured"]`` is False and ``info`` holds only the policy (``w_bits``,
+    ``a_bits``, ``proposed_*``, ``proposal_met_budget``); the caller measures it and
+    computes the reward with :meth:`reward_function`.
 
     ## Arguments
     ```python
-    gymnasium.make("haq/MixedPrecision-v0")  # digits-mobilenet, bitfusion, latency=0.7 (haq.api.DEFAULT_BUDGET)
+    gymnasium.make("haq/MixedPrecision-v0")  # digits-mobilenet, bitfusion, latency=0.7 (haq.config.DEFAULT_BUDGET)
     gymnasium.make("haq/MixedPrecision-v0", model="digits-resnet", hardware="bismo-edge",
                    budget="energy=0.5", pin="none", min_bits=2, max_bits=8)
-    MixedPrecisionEnv(problem=problem)  # an existing haq.search.SearchProblem
+    MixedPrecisionEnv(problem, ledger)  # an existing haq.problem.SearchProblem and its ledger
     ```
-    * ``problem``: a prepared :class:`~haq.search.base.SearchProblem` (what the ``rl``
-      method passes); excludes the problem-building arguments below.
-    * ``model``, ``hardware``, ``budget``, ``data``, ``weights``, ``min_bits``, ``max_bits``,
-      ``pin``, ``seed``: as in :class:`haq.api.SearchConfig`; the problem is built with
-      :func:`haq.api.prepare` (the embedded models train on first use, ~1 minute).
-    * ``max_evaluations``: episodes allowed (None: unlimited for a stand-alone env).
+    * ``problem``: the :class:`~haq.problem.SearchProblem` (layers, bit choices, budget).
+    * ``ledger``: the :class:`~haq.ledger.Ledger` that measures each episode's policy;
+      None = the caller measures (see Episode End).
     * ``reward_scale``: factor on the accuracy change in percent points (HAQ: 0.1).
+    * through ``gymnasium.make`` (:func:`haq.api.make_env`): ``model``, ``hardware``,
+      ``budget``, ``data``, ``weights``, ``min_bits``, ``max_bits``, ``pin``, ``seed`` as in
+      :class:`haq.config.SearchConfig` (the embedded models are shipped trained), and
+      ``max_evaluations`` (episodes allowed; None: unlimited).
 
     ## Version History
     * v0: first version. Differences from HAQ's reference code: the weight/activation flag
@@ -167,36 +174,21 @@ class MixedPrecisionEnv(gym.Env):
 
     def __init__(
         self,
-        problem: SearchProblem | None = None,
+        problem: SearchProblem,
+        ledger: Ledger | None = None,
         *,
-        model: str | None = None,
-        hardware: str | None = None,
-        budget: str | Sequence[str] | None = None,
-        data: str | None = None,
-        weights: str | None = None,
-        min_bits: int | None = None,
-        max_bits: int | None = None,
-        pin: str | None = None,
-        seed: int | None = None,
-        max_evaluations: int | None = None,
         reward_scale: float = 0.1,
         render_mode: str | None = None,
     ) -> None:
-        given = {k: v for k, v in dict(model=model, hardware=hardware, budget=budget, data=data, weights=weights,
-                                      min_bits=min_bits, max_bits=max_bits, pin=pin, seed=seed).items()
-                 if v is not None}
-        if problem is None:
-            problem = build_problem(max_evaluations=max_evaluations, **given)
-        elif given:
+        if not isinstance(problem, SearchProblem):
             raise ConfigError(
-                f"MixedPrecisionEnv: got problem= and {', '.join(sorted(given))}; pass either a SearchProblem "
-                "or the arguments to build one"
+                f"MixedPrecisionEnv needs a haq.problem.SearchProblem, got {type(problem).__name__}; "
+                "gymnasium.make('haq/MixedPrecision-v0', model=..., hardware=...) builds one"
             )
-        elif max_evaluations is not None:
-            problem.max_evaluations = int(max_evaluations)
         if render_mode is not None:
             raise ConfigError(f"MixedPrecisionEnv has no render modes; got render_mode={render_mode!r}")
         self.problem = problem
+        self.ledger = ledger
         self.reward_scale = float(reward_scale)
         self.n_layers = problem.n_layers
         self._choices = [tuple(sorted(int(b) for b in c)) for c in problem.choices]
@@ -250,37 +242,43 @@ class MixedPrecisionEnv(gym.Env):
         is_weight = 1.0 if (self._t % 2 == 0 and self._t < 2 * self.n_layers) else 0.0
         return np.concatenate([self._static[layer], np.array([self._prev, is_weight], dtype=np.float32)])
 
+    def reward_function(self, fp32_accuracy: float) -> Callable[[float], float]:
+        """HAQ's reward of a measured accuracy: ``reward_scale * (acc - acc_fp32)`` in percent
+        points (accuracies in [0, 1])."""
+        scale = self.reward_scale
+
+        def reward(acc: float) -> float:
+            return scale * 100.0 * (acc - fp32_accuracy)
+
+        return reward
+
+    def measured_info(self, trial: Trial, fp32_accuracy: float) -> dict[str, Any]:
+        """The measurement part of the last step's ``info`` (see Episode End)."""
+        return {
+            "measured": True,
+            "budget_met": bool(trial.feasible),
+            "accuracy": trial.accuracy,
+            "fp32_accuracy": fp32_accuracy,
+            **trial.cost.to_dict(),
+            "budget_usage": self.problem.budget.usage(trial.cost),
+            "trial": trial.index,
+        }
+
     def _finish(self) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         p = self.problem
         proposed_w, proposed_a = self._w.copy(), self._a.copy()
         proposal_ok = p.feasible(proposed_w, proposed_a)
-        w, a = enforce_budget(proposed_w, proposed_a, p.costs, p.budget, p.choices, p.pinned)
-        fp32 = p.fp32_accuracy("val")
-        trial = p.evaluate(w, a, reward=lambda acc: self.reward_scale * 100.0 * (acc - fp32))
-        reward = trial.reward
-        assert reward is not None  # the lambda above always gives one
+        w, a = p.enforce_budget(proposed_w, proposed_a)
         info: dict[str, Any] = {
             "w_bits": w, "a_bits": a,
             "proposed_w_bits": proposed_w, "proposed_a_bits": proposed_a,
-            "proposal_met_budget": bool(proposal_ok), "budget_met": bool(trial.feasible),
-            "accuracy": trial.accuracy, "fp32_accuracy": fp32,
-            **trial.cost.to_dict(),
-            "budget_usage": p.budget.usage(trial.cost),
-            "trial": trial.index,
+            "proposal_met_budget": bool(proposal_ok),
         }
-        return self._obs(), float(reward), True, False, info
-
-
-def build_problem(max_evaluations: int | None = None, **config: Any) -> SearchProblem:
-    """A :class:`SearchProblem` from :class:`haq.api.SearchConfig` fields (defaults: the
-    embedded digits-mobilenet on bitfusion at latency=0.7); unlimited evaluations unless
-    ``max_evaluations`` is given."""
-    from haq.api import SearchConfig, make_problem, prepare
-
-    if isinstance(config.get("budget"), str):
-        config["budget"] = (config["budget"],)
-    cfg = SearchConfig(method="rl", max_evaluations=max_evaluations, **config)
-    problem = make_problem(cfg, prepare(cfg))
-    problem.max_evaluations = int(max_evaluations) if max_evaluations is not None else sys.maxsize
-    problem.method = "rl"
-    return problem
+        if self.ledger is None:
+            info["measured"] = False
+            return self._obs(), 0.0, True, False, info
+        fp32 = self.ledger.fp32_accuracy("val")
+        trial = self.ledger.evaluate(Proposal(w, a, reward=self.reward_function(fp32)))
+        info.update(self.measured_info(trial, fp32))
+        assert trial.reward is not None  # the reward function always gives one
+        return self._obs(), float(trial.reward), True, False, info

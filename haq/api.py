@@ -1,100 +1,35 @@
 """The library entry points the CLI, the notebooks and the experiments call.
 
-* :class:`SearchConfig` - everything that defines a search (written to ``config.json``).
-* :func:`prepare` - load model, data, layers, evaluator, hardware and cost table once.
-* :func:`make_problem` - the :class:`~haq.search.base.SearchProblem` for one method.
-* :func:`search` - ``haq.search(model=..., hardware=..., budget=..., method="rl")``.
+* :func:`prepare` - load model, data, layers, evaluator, hardware and cost table once
+  (a :class:`Workspace`; ``haq compare`` runs every method on one).
+* :func:`make_problem` - the frozen :class:`~haq.problem.SearchProblem` of a config.
+* :func:`search` - ``haq.search(model=..., hardware=..., budget=..., method="rl")``: one
+  search, optionally into a run directory that can be resumed.
+* :func:`make_env` - the entry point of ``gymnasium.make("haq/MixedPrecision-v0", ...)``.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from haq.budget import Budget, CostModel, ResolvedBudget, check_reachable
+from haq.budget import Budget, ResolvedBudget, check_reachable
+from haq.config import SearchConfig, default_budget
+from haq.costs import CostModel, CostTable
 from haq.data import DataSplits, load_data
 from haq.errors import ConfigError
 from haq.layers import LayerSpec, describe
+from haq.ledger import Ledger, Recorder
+from haq.methods import MethodSpec, SearchResult, build_options, get_method, run_method
 from haq.models import LoadedModel, load_model
+from haq.pool import EvaluationPool
+from haq.problem import SearchProblem, Trial
 from haq.quant.evaluator import Evaluator
-from haq.quant.scheme import QuantScheme
-from haq.search import SearchProblem, SearchResult, get_method, run_method
+from haq.runs import RunDir
 from haq.simulators import HardwareModel, get_hardware
-from haq.simulators.base import CostTable
-
-#: The default problem's budget. Design §8 says latency=0.5, but on BitFusion at batch 1
-#: the embedded 8x8 models are dominated by DRAM set-up cycles: even all-2-bit reaches
-#: only 0.56 of uniform 8-bit latency, so 0.5 is unreachable. 0.7 (HAQ's 1.4x) leaves a
-#: real trade-off between 4- and 8-bit layers.
-DEFAULT_BUDGET = "latency=0.7"
-#: The budget when only --max-accuracy-drop is given: never above uniform 8-bit latency, and
-#: latency is the cost the cheapest policy within the drop minimises.
-DROP_BUDGET = "latency=1.0"
-
-
-def default_budget(max_accuracy_drop: float | None) -> str:
-    """The budget a search gets when none is given."""
-    return DEFAULT_BUDGET if max_accuracy_drop is None else DROP_BUDGET
-
-
-@dataclass
-class SearchConfig:
-    """A fully resolved search: enough to rerun it exactly (saved as ``config.json``)."""
-
-    model: str = "digits-mobilenet"  #: model name (see `haq list models`)
-    weights: str | None = None  #: state-dict file for the model, loaded with weights_only=True
-    data: str | None = None  #: data spec; None = the model's own (digits for the embedded models)
-    input_size: int | None = None  #: image height = width, pixels; None = the model's default
-    hardware: str = "bitfusion"  #: hardware model name (see `haq list hardware`)
-    hardware_batch: int | None = None  #: images per inference on the hardware; None = its own
-    budget: tuple[str, ...] = (DEFAULT_BUDGET,)  #: every item must hold; bare numbers are x uniform 8-bit
-    method: str = "rl"  #: search method (see `haq list methods`)
-    seed: int = 0  #: the one seed of the search
-    max_evaluations: int | None = None  #: accuracy measurements allowed; None = the method's default
-    min_bits: int = 2  #: lowest bitwidth a searcher may pick
-    max_bits: int = 8  #: highest integer bitwidth a searcher may pick
-    pin: str = "first,last"  #: layers fixed at 8 bits: first,last | none | comma-separated layer names
-    quant: dict[str, Any] = field(default_factory=lambda: QuantScheme().to_dict())  #: global scheme
-    options: dict[str, Any] = field(default_factory=dict)  #: method-specific options
-    #: percent points of validation accuracy below fp32 allowed; set = return the cheapest
-    #: policy within it (on the budget's first cost) instead of the most accurate one
-    max_accuracy_drop: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.budget, str):
-            self.budget = (self.budget,)
-        self.budget = tuple(self.budget)
-        if not (1 <= self.min_bits <= self.max_bits):
-            raise ConfigError(f"--min-bits {self.min_bits} / --max-bits {self.max_bits}: need 1 <= min <= max")
-        if self.max_bits not in (*range(1, 9), 16, 32):
-            raise ConfigError(f"--max-bits {self.max_bits}: use 1-8, 16 or 32")
-        if self.max_accuracy_drop is not None and not (0 <= self.max_accuracy_drop < 100):
-            raise ConfigError(f"--max-accuracy-drop {self.max_accuracy_drop}: give percent points, 0 <= drop < 100 (e.g. 1.0)")
-        if self.max_evaluations is not None and self.max_evaluations < 1:
-            raise ConfigError(f"--max-evaluations {self.max_evaluations}: must be at least 1")
-        Budget.parse(list(self.budget))  # malformed budgets fail here, before any work
-        QuantScheme.from_dict(self.quant)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["budget"] = list(self.budget)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"config has unknown keys {', '.join(unknown)}; remove them")
-        return cls(**d)
-
-    @property
-    def scheme(self) -> QuantScheme:
-        return QuantScheme.from_dict(self.quant)
 
 
 @dataclass
@@ -113,20 +48,27 @@ class Workspace:
     costs: CostModel
 
 
-def prepare(config: SearchConfig) -> Workspace:
-    """Load everything a search needs (trains the embedded model on first use)."""
-    hardware = get_hardware(config.hardware)
-    loaded = load_model(config.model, config.weights, input_size=config.input_size)
-    data_spec = config.data or loaded.default_data
-    if data_spec is None:
+def load_model_and_data(
+    model: str, weights: str | Path | None, data: str | None, input_size: int | None
+) -> tuple[LoadedModel, DataSplits, list[LayerSpec]]:
+    """The model, its data splits and its layer descriptions (what every accuracy needs)."""
+    loaded = load_model(model, weights, input_size=input_size)
+    spec = data or loaded.default_data
+    if spec is None:
         raise ConfigError(
-            f"model {config.model} needs data to measure accuracy: pass --data imagefolder:PATH "
+            f"model {model} needs data to measure accuracy: pass --data imagefolder:PATH "
             "(or use `haq cost`, which needs none)"
         )
-    data = load_data(data_spec, image_size=config.input_size)
-    if tuple(data.input_shape) != tuple(loaded.input_shape) and config.input_size is None:
-        loaded.input_shape = tuple(data.input_shape)  # type: ignore[assignment]
-    layers = describe(loaded.module, loaded.input_shape)
+    splits = load_data(spec, image_size=input_size)
+    if tuple(splits.input_shape) != tuple(loaded.input_shape) and input_size is None:
+        loaded.input_shape = tuple(splits.input_shape)  # type: ignore[assignment]
+    return loaded, splits, describe(loaded.module, loaded.input_shape)
+
+
+def prepare(config: SearchConfig) -> Workspace:
+    """Load everything a search needs (the embedded models are shipped trained)."""
+    hardware = get_hardware(config.hardware)
+    loaded, data, layers = load_model_and_data(config.model, config.weights, config.data, config.input_size)
     evaluator = Evaluator(loaded.module, data, config.scheme, layers)
     table = hardware.cost_table(layers, config.hardware_batch)
     return Workspace(loaded, data, layers, evaluator, hardware, table, CostModel(layers, table))
@@ -167,95 +109,186 @@ def pinned_layers(pin: str, layers: Sequence[LayerSpec]) -> tuple[int, ...]:
         elif item in names:
             out.add(names.index(item))
         else:
-            import difflib
-
             close = difflib.get_close_matches(item, names, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "use first, last, none or layer names"
             raise ConfigError(f"--pin {item!r} is not a layer of the model: {hint}")
     return tuple(sorted(out))
 
 
-def resolve_budget(config: SearchConfig, ws: Workspace) -> ResolvedBudget:
-    budget = Budget.parse(list(config.budget))
-    return budget.resolve(ws.costs.uniform(8))
+def resolve_budget(config: SearchConfig, costs: CostModel) -> ResolvedBudget:
+    """The config's budget in absolute units (relative items are x uniform 8-bit)."""
+    return Budget.parse(list(config.budget)).resolve(costs.uniform(8))
 
 
-def make_problem(
-    config: SearchConfig,
-    ws: Workspace,
-    recorder: Callable[[dict[str, Any]], None] | None = None,
-    on_trial: Callable | None = None,
-) -> SearchProblem:
-    """The search problem of ``config`` on a prepared workspace (budget checked reachable)."""
+def method_options(config: SearchConfig) -> Any:
+    """The method's options dataclass built from ``config.options`` (unknown keys and values
+    of the wrong type refused with one line)."""
+    return build_options(get_method(config.method).options_type, config.options, config.method)
+
+
+def make_problem(config: SearchConfig, ws: Workspace, options: Any = None) -> SearchProblem:
+    """The search problem of ``config`` on a prepared workspace (budget checked reachable).
+
+    ``options`` are the method's (built from the config when None): a method may search
+    under its own scheme (HAGO's thresholds)."""
     spec = get_method(config.method)
+    options = method_options(config) if options is None else options
     choices = bit_choices(ws.hardware, ws.layers, config.min_bits, config.max_bits)
     pinned = pinned_layers(config.pin, ws.layers)
-    resolved = resolve_budget(config, ws)
+    resolved = resolve_budget(config, ws.costs)
     check_reachable(ws.costs, resolved, choices, pinned, ws.hardware.name)
+    scheme = config.scheme if spec.scheme is None else spec.scheme(config.scheme, options)
     return SearchProblem(
         model_name=config.model,
-        layers=ws.layers,
-        evaluator=ws.evaluator,
-        hardware=ws.hardware,
+        hardware=ws.hardware.name,
+        layers=tuple(ws.layers),
         costs=ws.costs,
         budget=resolved,
         choices=choices,
+        scheme=scheme,
         pinned=pinned,
         seed=config.seed,
         max_evaluations=config.max_evaluations or spec.default_evaluations,
-        recorder=recorder,
-        on_trial=on_trial,
         max_accuracy_drop=config.max_accuracy_drop,
     )
 
 
-def method_options(config: SearchConfig) -> Any:
-    """The method's options dataclass built from ``config.options`` (unknown keys refused)."""
-    spec = get_method(config.method)
-    known = {f.name for f in fields(spec.options_type)}
-    unknown = sorted(set(config.options) - known)
-    if unknown:
-        raise ConfigError(
-            f"method {config.method} has no option {unknown[0]!r}; its options are {', '.join(sorted(known)) or 'none'}"
-        )
-    return spec.options_type(**config.options)
+def config_from(config: SearchConfig | str | Path | None = None, **overrides: Any) -> SearchConfig:
+    """A :class:`SearchConfig` from a config (or a config file) and keyword overrides.
+
+    Overrides that are config fields set them (``budget`` may be one string); ``episodes`` is
+    ``max_evaluations``; every other keyword is a method option (checked against the
+    method's options).
+    """
+    if config is None:
+        base: dict[str, Any] = {}
+    elif isinstance(config, SearchConfig):
+        base = config.to_dict()
+    else:
+        base = SearchConfig.from_file(config).to_dict()
+    overrides = dict(overrides)
+    if "episodes" in overrides:
+        episodes = overrides.pop("episodes")
+        if overrides.get("max_evaluations") not in (None, episodes):
+            raise ConfigError("episodes and max_evaluations disagree; give one of them")
+        overrides["max_evaluations"] = episodes
+    names = {f.name for f in fields(SearchConfig)}
+    cfg = {k: v for k, v in overrides.items() if k in names}
+    options = {k: v for k, v in overrides.items() if k not in names}
+    if isinstance(cfg.get("budget"), str):
+        cfg["budget"] = (cfg["budget"],)
+    merged = {**base, **cfg}
+    if merged.get("budget") is None:
+        merged["budget"] = (default_budget(merged.get("max_accuracy_drop")),)
+    merged["options"] = {**dict(base.get("options") or {}), **dict(cfg.get("options") or {}), **options}
+    resolved = SearchConfig.from_dict(merged, source="search()")
+    method_options(resolved)  # unknown options and bad values fail before any work
+    return resolved
+
+
+def open_ledger(
+    problem: SearchProblem,
+    ws: Workspace,
+    spec: MethodSpec,
+    *,
+    recorder: Recorder | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
+    replay: dict[int, dict[str, Any]] | None = None,
+    checkpoint_dir: Path | None = None,
+    pool: EvaluationPool | None = None,
+) -> Ledger:
+    """The ledger one run of ``spec`` on ``problem`` measures through."""
+    return Ledger(problem, ws.evaluator, method=spec.name, pool=pool, recorder=recorder, on_trial=on_trial,
+                  replay=replay, checkpoint_dir=checkpoint_dir)
 
 
 def search(
-    model: str = "digits-mobilenet",
-    hardware: str = "bitfusion",
-    budget: str | Sequence[str] | None = None,
-    method: str = "rl",
+    config: SearchConfig | str | Path | None = None,
+    *,
     out: str | Path | None = None,
+    resume: bool = False,
     workspace: Workspace | None = None,
-    on_trial: Callable | None = None,
-    **kwargs: Any,
+    on_trial: Callable[[Trial], None] | None = None,
+    **overrides: Any,
 ) -> SearchResult:
-    """Run one search and return its :class:`SearchResult`.
+    """Run one search and return its :class:`~haq.methods.SearchResult`.
 
-    Keyword arguments that are :class:`SearchConfig` fields set the config (``seed``,
-    ``max_evaluations``, ``data``, ``pin``, ...); the rest are the method's options
-    (e.g. ``episodes`` is RL's ``max_evaluations``). With ``out``, a run directory is
-    written (policy.json, history.csv, plots, ...) and can be resumed. ``budget`` None =
-    ``latency=0.7``, or ``latency=1.0`` with ``max_accuracy_drop`` (then the cheapest policy
-    within the drop is returned).
+    ``config`` is a :class:`SearchConfig`, a config file (``.json``/``.toml``) or None (the
+    defaults: digits-mobilenet on bitfusion at ``latency=0.7``, method ``rl``). Keyword
+    arguments override it: :class:`SearchConfig` fields (``model``, ``hardware``, ``budget``,
+    ``method``, ``seed``, ``max_evaluations``, ``data``, ``pin``, ``max_accuracy_drop``...),
+    ``episodes`` (= ``max_evaluations``), and the method's options (``warmup_episodes=10``,
+    ``alternatives=8``... see ``haq list options``). With ``max_accuracy_drop`` and no budget
+    the budget is ``latency=1.0`` and the cheapest policy within the drop is returned.
+
+    With ``out``, a run directory is written (config.json, history.csv as it goes,
+    policy.json, plots, ...); ``resume=True`` continues an interrupted one.
     """
-    cfg_names = {f.name for f in fields(SearchConfig)}
-    cfg_kwargs = {k: v for k, v in kwargs.items() if k in cfg_names}
-    options = {k: v for k, v in kwargs.items() if k not in cfg_names}
-    if budget is None:
-        budget = default_budget(cfg_kwargs.get("max_accuracy_drop"))
-    budget_items = (budget,) if isinstance(budget, str) else tuple(budget)
-    config = SearchConfig(model=model, hardware=hardware, budget=budget_items, method=method, options=options, **cfg_kwargs)
-    if out is not None:
-        from haq.runs import run_search
+    cfg = config_from(config, **overrides)
+    spec = get_method(cfg.method)
+    options = method_options(cfg)
+    if out is None:
+        ws = workspace or prepare(cfg)
+        problem = make_problem(cfg, ws, options)
+        return run_method(spec, problem, open_ledger(problem, ws, spec, on_trial=on_trial), options)
+    run = RunDir(out)
+    run.check_available(cfg.to_dict(), resume)  # before any work: a busy or mismatched run dir fails now
+    ws = workspace or prepare(cfg)
+    problem = make_problem(cfg, ws, options)  # every input is known good before --out is touched
+    run.open(cfg.to_dict(), resume)
+    try:
+        writer = run.history_writer()
+        ledger = open_ledger(problem, ws, spec, recorder=writer, on_trial=on_trial,
+                             replay=writer.replay() if resume else None, checkpoint_dir=run.checkpoint)
+        result = run_method(spec, problem, ledger, options)
+        run.write_result(result, cfg.to_dict())
+        return result
+    finally:
+        run.release()
 
-        return run_search(config, out, workspace=workspace, on_trial=on_trial)
-    ws = workspace or prepare(config)
-    problem = make_problem(config, ws, on_trial=on_trial)
-    return run_method(problem, get_method(config.method), method_options(config))
+
+def make_env(
+    problem: SearchProblem | None = None,
+    ledger: Ledger | None = None,
+    max_evaluations: int | None = None,
+    reward_scale: float = 0.1,
+    **config: Any,
+) -> Any:
+    """``gymnasium.make("haq/MixedPrecision-v0", **kwargs)``: a
+    :class:`~haq.envs.quantization_env.MixedPrecisionEnv` over the problem of
+    :class:`SearchConfig` fields ``config`` (defaults: the embedded digits-mobilenet on
+    bitfusion at latency=0.7), measuring through its own ledger; unlimited evaluations
+    unless ``max_evaluations`` is given. ``problem`` (and its ``ledger``) use an existing
+    problem instead of building one."""
+    import sys
+
+    from haq.envs.quantization_env import MixedPrecisionEnv
+
+    if problem is not None:
+        if config or max_evaluations is not None:
+            given = sorted([*config, *(["max_evaluations"] if max_evaluations is not None else [])])
+            raise ConfigError(f"MixedPrecisionEnv: got problem= and {', '.join(given)}; pass either a SearchProblem "
+                              "or the arguments to build one")
+        return MixedPrecisionEnv(problem, ledger, reward_scale=reward_scale)
+
+    cfg = config_from(None, method="rl", max_evaluations=max_evaluations, **config)
+    if set(cfg.options):
+        raise ConfigError(f"MixedPrecisionEnv: unknown argument {sorted(cfg.options)[0]!r}; "
+                          "pass SearchConfig fields (model, hardware, budget, ...), max_evaluations or reward_scale")
+    ws = prepare(cfg)
+    problem = make_problem(cfg, ws).replace(max_evaluations=max_evaluations or sys.maxsize)
+    return MixedPrecisionEnv(problem, open_ledger(problem, ws, get_method("rl")), reward_scale=reward_scale)
 
 
-def uniform_bits(n: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    b = np.full(n, bits, dtype=np.int64)
-    return b, b.copy()
+__all__ = [
+    "SearchConfig",
+    "Workspace",
+    "bit_choices",
+    "config_from",
+    "make_env",
+    "make_problem",
+    "method_options",
+    "pinned_layers",
+    "prepare",
+    "search",
+]

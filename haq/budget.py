@@ -1,31 +1,22 @@
-"""Budgets and costs: what a policy costs, what the user allows, and HAQ's enforcement loop.
+"""Budgets: what the user allows a policy to cost, and HAQ's loop that enforces it.
 
-Units, everywhere in haq: latency in milliseconds (per batch of the hardware's batch size),
-energy in millijoules, size in MiB (2^20 bytes, the unit of HAWQ-V3's tables), BOPs in
-giga bit-operations (MACs x w_bits x a_bits / 1e9).
-
-Size and BOPs do not depend on the hardware and are computed here; latency and energy come
-from a hardware model's :class:`~haq.simulators.base.CostTable`.
+``--budget latency=0.5`` is half the uniform 8-bit policy's latency on the same hardware;
+``latency=0.3ms``, ``energy=0.2mJ``, ``size=1.5MiB``, ``bops=2G`` are absolute (units as in
+:mod:`haq.costs`). What a policy costs is :mod:`haq.costs`' business.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
+from haq.costs import UNIT_NAMES, Cost, CostModel
 from haq.errors import BudgetError
-from haq.layers import LayerSpec
-
-if TYPE_CHECKING:
-    from haq.simulators.base import CostTable
 
 BUDGET_KEYS = ("latency", "energy", "size", "bops")
-COST_FIELDS = {"latency": "latency_ms", "energy": "energy_mj", "size": "size_mib", "bops": "bops_g"}
-UNIT_NAMES = {"latency": "ms", "energy": "mJ", "size": "MiB", "bops": "GBOPs"}
 # Accepted suffixes -> factor to the canonical unit of the key.
 _UNITS: dict[str, dict[str, float]] = {
     "latency": {"ms": 1.0, "s": 1e3, "us": 1e-3},
@@ -34,37 +25,6 @@ _UNITS: dict[str, dict[str, float]] = {
     "bops": {"g": 1.0, "gbops": 1.0, "m": 1e-3, "mbops": 1e-3, "t": 1e3, "tbops": 1e3},
 }
 _ITEM_RE = re.compile(r"^\s*([a-zA-Z]+)\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def size_mib(layers: Sequence[LayerSpec], w_bits: np.ndarray) -> float:
-    """Model size in MiB: quantized weights at their bitwidth plus float32 biases."""
-    params = np.array([s.params for s in layers], dtype=np.float64)
-    bias = sum(s.bias_params for s in layers)
-    return float((params * np.asarray(w_bits)).sum() / 8 + bias * 4) / 2**20
-
-
-def bops_g(layers: Sequence[LayerSpec], w_bits: np.ndarray, a_bits: np.ndarray) -> float:
-    """Bit operations per image in G: sum of MACs x w_bits x a_bits / 1e9."""
-    macs = np.array([s.macs for s in layers], dtype=np.float64)
-    return float((macs * np.asarray(w_bits) * np.asarray(a_bits)).sum() / 1e9)
-
-
-@dataclass(frozen=True)
-class Cost:
-    """What one policy costs. ``None`` where the hardware model does not say (energy of a
-    measured latency profile, or no hardware at all)."""
-
-    latency_ms: float | None
-    energy_mj: float | None
-    size_mib: float
-    bops_g: float
-
-    def get(self, key: str) -> float | None:
-        """Value for a budget key (latency, energy, size, bops) in its canonical unit."""
-        return getattr(self, COST_FIELDS[key])
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {f: getattr(self, f) for f in COST_FIELDS.values()}
 
 
 @dataclass(frozen=True)
@@ -179,37 +139,6 @@ class ResolvedBudget:
     def primary(self) -> str:
         """The key plots and Pareto fronts use: the first budget item (latency if none)."""
         return self.budget.keys[0] if self.budget.keys else "latency"
-
-
-@dataclass
-class CostModel:
-    """Cost of any policy of one model on one hardware: a gather and a few dot products.
-
-    Build once per (model, hardware); :meth:`cost` is the hot path every searcher calls.
-    """
-
-    layers: Sequence[LayerSpec]
-    table: CostTable | None  #: latency/energy per layer and bit pair; None = size/BOPs only
-    _params: np.ndarray = field(init=False, repr=False)
-    _macs: np.ndarray = field(init=False, repr=False)
-    _bias_bytes: float = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._params = np.array([s.params for s in self.layers], dtype=np.float64)
-        self._macs = np.array([s.macs for s in self.layers], dtype=np.float64)
-        self._bias_bytes = 4.0 * sum(s.bias_params for s in self.layers)
-
-    def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> Cost:
-        w = np.asarray(w_bits, dtype=np.float64)
-        a = np.asarray(a_bits, dtype=np.float64)
-        lat, en = (None, None) if self.table is None else self.table.cost(w_bits, a_bits)
-        size = (self._params.dot(w) / 8 + self._bias_bytes) / 2**20
-        bops = self._macs.dot(w * a) / 1e9
-        return Cost(lat, en, float(size), float(bops))
-
-    def uniform(self, bits: int = 8) -> Cost:
-        b = np.full(len(self.layers), bits)
-        return self.cost(b, b)
 
 
 def enforce_budget(

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from haq.api import DEFAULT_BUDGET
+from haq.config import DEFAULT_BUDGET, DEFAULT_CALIBRATION
 
 app = typer.Typer(
     help="Hardware-aware mixed-precision quantization search (HAQ, HAWQ-V3, HAGO, Quantune, baselines).",
@@ -34,6 +34,7 @@ CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax
 WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
 ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmetric|unsigned|power-of-two -per-tensor")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="a .json or .toml config (e.g. a run's config.json); flags given override it")]
 
 
 def _console(stderr: bool = False):
@@ -46,6 +47,40 @@ def _quant(calibration: str, weight_quant: str, act_quant: str) -> dict[str, Any
     from haq.quant.scheme import QuantScheme
 
     return QuantScheme.from_dict({"weight": weight_quant, "activation": act_quant, "calibration": calibration}).to_dict()
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the flag ``name`` was given on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+_QUANT_FLAGS = {"calibration": "calibration", "weight_quant": "weight", "act_quant": "activation"}
+
+
+def _search_config(ctx: typer.Context, config_file: Path | None, flags: dict[str, Any], method_flag: str = "method"):
+    """The :class:`SearchConfig` of a command: the config file (if any) with the flags given on
+    the command line on top (without a file, every flag counts, defaults included)."""
+    from haq.config import SearchConfig, default_budget, read_config_file
+
+    flag_names = {"max_evaluations": ("max_evaluations", "episodes"), "method": (method_flag,)}
+    base: dict[str, Any] = read_config_file(config_file) if config_file is not None else {}
+    merged = dict(base)
+    quant = dict(base.get("quant") or {})
+    for name, value in flags.items():
+        given = config_file is None or any(_given(ctx, n) for n in flag_names.get(name, (name,)))
+        if name in _QUANT_FLAGS:
+            if given:
+                quant[_QUANT_FLAGS[name]] = value
+        elif name == "options":
+            merged["options"] = {**dict(base.get("options") or {}), **value}
+        elif given or (name == "method" and "method" not in base):
+            merged[name] = value
+    defaults = SearchConfig()
+    merged["quant"] = {**defaults.quant, **quant}
+    if not merged.get("budget"):
+        merged["budget"] = [default_budget(merged.get("max_accuracy_drop"))]
+    return SearchConfig.from_dict(merged, source=str(config_file) if config_file else "the command line")
 
 
 def _options(items: list[str] | None) -> dict[str, Any]:
@@ -81,6 +116,8 @@ def _auto_out(base: Path, resume: bool) -> Path:
 # ----- search ---------------------------------------------------------------------------------
 @app.command()
 def search(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
     model: ModelOpt = "digits-mobilenet",
     weights: WeightsOpt = None,
     data: DataOpt = None,
@@ -88,26 +125,25 @@ def search(
     hardware: HardwareOpt = "bitfusion",
     budget: BudgetOpt = None,
     method: Annotated[str, typer.Option("--method", help="rl, hawq, hago, quantune, pareto, random, uniform (haq list methods)")] = "rl",
-    episodes: Annotated[int | None, typer.Option("--episodes", help="RL episodes (= evaluations)")] = None,
-    max_evaluations: Annotated[int | None, typer.Option("--max-evaluations", help="accuracy measurements allowed")] = None,
+    episodes: Annotated[int | None, typer.Option("--episodes", help="RL episodes (= evaluations; default 300)")] = None,
+    max_evaluations: Annotated[int | None, typer.Option("--max-evaluations", help="accuracy measurements allowed (default: the method's)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<model>-<hardware>-<method>-s<seed>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     min_bits: Annotated[int, typer.Option("--min-bits")] = 2,
     max_bits: Annotated[int, typer.Option("--max-bits")] = 8,
     pin: Annotated[str, typer.Option("--pin", help="layers fixed at 8 bits: first,last | none | layer names")] = "first,last",
-    calibration: CalibOpt = "percentile:99.99",
+    calibration: CalibOpt = DEFAULT_CALIBRATION,
     weight_quant: WeightQuantOpt = "symmetric-per-channel",
     act_quant: ActQuantOpt = "asymmetric-per-tensor",
-    option: Annotated[list[str] | None, typer.Option("--option", help="method option KEY=VALUE (repeatable)")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help="method option KEY=VALUE (repeatable; haq list options)")] = None,
     tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="RL: TensorBoard log dir")] = None,
     max_accuracy_drop: DropOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Search per-layer bitwidths under a budget; writes a run directory."""
-    from haq.api import SearchConfig, default_budget
+    from haq.api import search as run_search
     from haq.errors import ConfigError
-    from haq.runs import run_search
 
     if episodes is not None:
         if episodes < 1:
@@ -118,33 +154,36 @@ def search(
     opts = _options(option)
     if tensorboard is not None:
         opts["tensorboard_dir"] = str(tensorboard)
-    config = SearchConfig(
+    flags = dict(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
-        hardware=hardware, budget=tuple(budget or [default_budget(max_accuracy_drop)]), method=method, seed=seed,
-        max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
-        quant=_quant(calibration, weight_quant, act_quant), options=opts, max_accuracy_drop=max_accuracy_drop,
+        hardware=hardware, budget=tuple(budget) if budget else None, method=method, seed=seed,
+        max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin, calibration=calibration,
+        weight_quant=weight_quant, act_quant=act_quant, options=opts, max_accuracy_drop=max_accuracy_drop,
     )
+    cfg = _search_config(ctx, config, flags)
     if out is None:
-        out = _auto_out(Path("runs") / f"{_slug(model)}-{hardware.split(':')[0]}-{method}-s{seed}", resume)
+        out = _auto_out(Path("runs") / f"{_slug(cfg.model)}-{cfg.hardware.split(':')[0]}-{cfg.method}-s{cfg.seed}", resume)
     con = _console()
+    from haq.methods.rl import SearchInterrupted
     from haq.progress import SearchProgress
-    from haq.search.rl import SearchInterrupted
 
     try:
         with SearchProgress(enabled=not quiet, console=_console(stderr=True)) as progress:
-            result = run_search(config, out, resume=resume, on_trial=progress.trial_callback(config))
+            result = run_search(cfg, out=out, resume=resume, on_trial=progress.trial_callback(cfg))
     except SearchInterrupted as exc:  # the method saved its checkpoint first
         print(f"haq: {exc}", file=sys.stderr)
         raise typer.Exit(128 + exc.signum) from None
     from haq.report import policy_table
 
-    con.print(policy_table(result, config))
+    con.print(policy_table(result, cfg))
     con.print(f"run directory: {out}  (policy.json, history.csv, plots/)")
 
 
 # ----- compare --------------------------------------------------------------------------------
 @app.command()
 def compare(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
     model: ModelOpt = "digits-mobilenet",
     weights: WeightsOpt = None,
     data: DataOpt = None,
@@ -156,29 +195,32 @@ def compare(
     seeds: Annotated[int, typer.Option("--seeds", help="seeds per method (seed, seed+1, ...)")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the comparison in --out")] = False,
+    force: Annotated[bool, typer.Option("--force", help="overwrite a finished comparison in --out")] = False,
     min_bits: Annotated[int, typer.Option("--min-bits")] = 2,
     max_bits: Annotated[int, typer.Option("--max-bits")] = 8,
     pin: Annotated[str, typer.Option("--pin")] = "first,last",
-    calibration: CalibOpt = "percentile:99.99",
+    calibration: CalibOpt = DEFAULT_CALIBRATION,
     weight_quant: WeightQuantOpt = "symmetric-per-channel",
     act_quant: ActQuantOpt = "asymmetric-per-tensor",
     max_accuracy_drop: DropOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run several methods on the same problem and evaluation limit; write a comparison."""
-    from haq.api import SearchConfig, default_budget
     from haq.compare import compare as run_compare
     from haq.compare import to_markdown
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    config = SearchConfig(
+    flags = dict(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
-        hardware=hardware, budget=tuple(budget or [default_budget(max_accuracy_drop)]),
-        method=names[0] if names else "uniform", seed=seed, max_evaluations=max_evaluations,
-        min_bits=min_bits, max_bits=max_bits, pin=pin, quant=_quant(calibration, weight_quant, act_quant),
+        hardware=hardware, budget=tuple(budget) if budget else None, method=names[0] if names else "uniform",
+        seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
+        calibration=calibration, weight_quant=weight_quant, act_quant=act_quant, options={},
         max_accuracy_drop=max_accuracy_drop,
     )
-    out = out or _auto_out(Path("runs") / f"compare-{_slug(model)}-{hardware.split(':')[0]}", resume=False)
+    cfg = _search_config(ctx, config, flags, method_flag="methods")
+    if out is None:
+        out = _auto_out(Path("runs") / f"compare-{_slug(cfg.model)}-{cfg.hardware.split(':')[0]}", resume)
     err = _console(stderr=True)
 
     def progress(method: str, s: int, result) -> None:  # noqa: ANN001
@@ -186,7 +228,7 @@ def compare(
             m = result.best_policy.metrics
             err.print(f"  {method} seed {s}: test acc {100 * m['accuracy']:.2f}%  ({result.evaluations} evals, {result.wall_s:.1f} s)")
 
-    table = run_compare(config, names, seeds=seeds, out=out, on_progress=progress)
+    table = run_compare(cfg, names, seeds=seeds, out=out, on_progress=progress, resume=resume, force=force)
     _console().print(to_markdown(table))
     _console().print(f"written: {out}/comparison.csv, comparison.md, plots/pareto.png")
 
@@ -202,7 +244,7 @@ def evaluate(
     hardware: Annotated[str | None, typer.Option("--hardware", "-H", help="also cost it on this hardware")] = None,
     split: Annotated[str, typer.Option("--split", help="calib, val or test")] = "test",
     round_up: Annotated[bool, typer.Option("--round-up", help="map bits the hardware lacks to the next it runs")] = False,
-    calibration: CalibOpt = "percentile:99.99",
+    calibration: CalibOpt = DEFAULT_CALIBRATION,
     weight_quant: WeightQuantOpt = "symmetric-per-channel",
     act_quant: ActQuantOpt = "asymmetric-per-tensor",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -293,9 +335,9 @@ def list_(what: Annotated[str, typer.Argument(help="models, data, hardware, meth
     elif what == "hardware":
         from haq.simulators import list_hardware as rows_fn
     elif what == "methods":
-        from haq.search import list_methods as rows_fn
+        from haq.methods import list_methods as rows_fn
     elif what == "options":
-        from haq.search import list_method_options as rows_fn
+        from haq.methods import list_method_options as rows_fn
     else:
         raise UnknownNameError(f"haq list {what!r}: choose models, data, hardware, methods or options")
     table = Table(show_header=True, header_style="bold")

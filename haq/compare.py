@@ -2,34 +2,48 @@
 
 Every method searches the same :class:`~haq.api.Workspace` (same model, data, calibration,
 hardware table and budget) with the same ``max_evaluations`` per seed, so the table it
-writes compares methods, not set-ups. Outputs (``out``)::
+writes compares methods, not set-ups. A comparison is a run directory like a search's
+(``out``)::
 
-    comparison.csv / comparison.md   one row per method (means over seeds)
-    history.csv                      every evaluated policy of every method and seed
+    config.json                      the search config plus the methods and seeds compared
+    runs/<method>-seed<k>/           one search run directory per (method, seed): resumable
     policies/<method>-seed<k>.json   each run's best policy
+    comparison.csv / comparison.md   one row per method (means over seeds); written last
+    history.csv                      every evaluated policy of every method and seed
     plots/pareto.png                 accuracy vs the budgeted cost, fronts per method
+
+It is locked while it runs; ``resume=True`` (``--resume``) continues an interrupted one (the
+finished (method, seed) runs are read back, the interrupted one resumes); a finished
+comparison is overwritten only with ``force=True`` (``--force``).
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from haq.api import SearchConfig, Workspace, make_problem, method_options, prepare
+from haq.api import Workspace, make_problem, method_options, prepare, search
 from haq.atomic import atomic_write_text
-from haq.budget import COST_FIELDS
-from haq.errors import ConfigError
-from haq.search import SearchResult, get_method, run_method
-from haq.search.base import pareto_mask
+from haq.config import SearchConfig
+from haq.costs import COST_FIELDS
+from haq.errors import ConfigError, RunDirError
+from haq.history import pareto_mask
+from haq.methods import SearchResult, get_method
+from haq.plots import plot_pareto
+from haq.runs import RunDir
 
 COLUMNS = [
     "method", "test_accuracy", "test_accuracy_std", "val_accuracy", "latency_ms", "energy_mj",
     "size_mib", "bops_g", "budget_met", "evaluations", "wall_s", "front_points", "on_front",
 ]
+#: What a comparison writes besides config.json (removed by ``force``).
+OUTPUTS = ("runs", "policies", "plots", "comparison.csv", "comparison.md", "history.csv")
 
 
 def compare(
@@ -39,37 +53,86 @@ def compare(
     out: str | Path | None = None,
     workspace: Workspace | None = None,
     on_progress: Callable[[str, int, SearchResult], None] | None = None,
+    resume: bool = False,
+    force: bool = False,
 ) -> pd.DataFrame:
     """Run every method in ``methods`` for ``seeds`` seeds (config.seed, +1, ...) and return
-    the comparison table (also written to ``out`` when given)."""
+    the comparison table (also written to ``out`` when given; see the module docstring).
+
+    ``config.options`` may hold one table of options per method (``{"rl": {...}}``)."""
     if not methods:
         raise ConfigError("--methods is empty; name at least one, e.g. rl,hawq,uniform")
     specs = [get_method(m) for m in methods]  # unknown names fail before any work
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: must be at least 1")
+    jobs = [replace(config, method=spec.name, seed=config.seed + k, options=dict(config.options.get(spec.name, {})))
+            for spec in specs for k in range(seeds)]
+    for cfg in jobs:
+        method_options(cfg)  # bad options fail before any work
+    run = RunDir(out) if out is not None else None
+    record = {**config.to_dict(), "compare": {"methods": [s.name for s in specs], "seeds": seeds}}
+    if run is not None:
+        _check_out(run, record, resume, force)
     ws = workspace or prepare(config)
-    out_path = Path(out) if out is not None else None
-    results: dict[str, list[SearchResult]] = {}
-    histories = []
-    for spec in specs:
-        for k in range(seeds):
-            cfg = replace(config, method=spec.name, seed=config.seed + k, options=dict(config.options.get(spec.name, {})))
-            problem = make_problem(cfg, ws)
-            result = run_method(problem, spec, method_options(cfg))
-            results.setdefault(spec.name, []).append(result)
+    for cfg in jobs:
+        make_problem(cfg, ws)  # unreachable budgets and bad pins fail before --out is touched
+    if run is not None:
+        if force:
+            _clear(run)
+        run.open(record, resume and not force)
+    try:
+        results: dict[str, list[SearchResult]] = {}
+        histories = []
+        for cfg in jobs:
+            result = _run_one(cfg, ws, run, resume and not force)
+            results.setdefault(cfg.method, []).append(result)
             h = result.history.copy()
             h.insert(1, "seed", cfg.seed)
             histories.append(h)
-            if out_path is not None:
-                result.best_policy.save(out_path / "policies" / f"{spec.name}-seed{cfg.seed}.json")
+            if run is not None:
+                result.best_policy.save(run.path / "policies" / f"{cfg.method}-seed{cfg.seed}.json")
             if on_progress is not None:
-                on_progress(spec.name, cfg.seed, result)
-    history = pd.concat(histories, ignore_index=True)
-    key = make_problem(replace(config, method=specs[0].name), ws).budget.primary
-    table = _table(results, history, key)
-    if out_path is not None:
-        _write(out_path, table, history, key)
-    return table
+                on_progress(cfg.method, cfg.seed, result)
+        history = pd.concat(histories, ignore_index=True)
+        key = make_problem(jobs[0], ws).primary
+        table = _table(results, history, key)
+        if run is not None:
+            _write(run.path, table, history, key)
+        return table
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _check_out(run: RunDir, record: dict[str, Any], resume: bool, force: bool) -> None:
+    finished = (run.path / "comparison.csv").is_file()
+    if force:
+        run.check_unlocked()  # overwrite anything but a comparison another process is running
+        return
+    if finished and not resume:
+        raise RunDirError(
+            f"{run.path} holds a finished comparison; pass --force to overwrite it or choose another --out"
+        )
+    run.check_available(record, resume)
+
+
+def _clear(run: RunDir) -> None:
+    """Remove a previous comparison's outputs (only the files a comparison writes)."""
+    for name in (*OUTPUTS, "config.json"):
+        p = run.path / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _run_one(cfg: SearchConfig, ws: Workspace, run: RunDir | None, resume: bool) -> SearchResult:
+    if run is None:
+        return search(cfg, workspace=ws)
+    sub = RunDir(run.path / "runs" / f"{cfg.method}-seed{cfg.seed}")
+    if resume and sub.finished:
+        return sub.load_result()
+    return search(cfg, out=sub.path, resume=resume and (sub.path / "config.json").is_file(), workspace=ws)
 
 
 def _table(results: dict[str, list[SearchResult]], history: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -123,9 +186,7 @@ def _f(v: float | None) -> str:
 
 def _write(out: Path, table: pd.DataFrame, history: pd.DataFrame, key: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
-    atomic_write_text(out / "comparison.md", to_markdown(table))
     atomic_write_text(out / "history.csv", history.to_csv(index=False))
-    from haq.plots import plot_pareto
-
     plot_pareto(history, key, out / "plots" / "pareto.png", by="method")
+    atomic_write_text(out / "comparison.md", to_markdown(table))
+    atomic_write_text(out / "comparison.csv", table.to_csv(index=False))  # last: marks it finished

@@ -3,6 +3,9 @@
 * ``plots/bitwidths.png`` - weight and activation bits per layer (HAQ's figure).
 * ``plots/pareto.png`` - every evaluated policy, accuracy vs the budgeted cost, front marked.
 * ``plots/search.png`` - accuracy (and reward, when the method has one) over trials.
+
+Figures are drawn with matplotlib's object API (:class:`matplotlib.figure.Figure`), never
+through pyplot: importing this module leaves a notebook's backend and figures alone.
 """
 
 from __future__ import annotations
@@ -10,23 +13,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from haq.budget import COST_FIELDS, UNIT_NAMES  # noqa: E402
-from haq.errors import RunDirError  # noqa: E402
-from haq.policy import Policy  # noqa: E402
+from haq.costs import COST_FIELDS, UNIT_NAMES
+from haq.errors import RunDirError
+from haq.history import pareto_front
+from haq.policy import Policy
 
 
 def plot_bitwidths(policy: Policy, path: str | Path, title: str = "") -> Path:
     """Grouped bars: w_bits and a_bits per layer, depthwise layers marked."""
     names = [lb.name for lb in policy.layers]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.38 * len(names) + 2), 3.6))
+    fig = Figure(figsize=(max(6.0, 0.38 * len(names) + 2), 3.6))
+    ax = fig.subplots()
     w = [min(lb.w_bits, 9) for lb in policy.layers]
     a = [min(lb.a_bits, 9) for lb in policy.layers]
     ax.bar(x - 0.2, w, 0.4, label="weight bits", color="#3465a4")
@@ -47,8 +49,8 @@ def plot_bitwidths(policy: Policy, path: str | Path, title: str = "") -> Path:
 def plot_pareto(history: pd.DataFrame, cost_key: str, path: str | Path, by: str = "method") -> Path:
     """Accuracy vs ``cost_key`` for every evaluated policy; each group's front as a line."""
     col = COST_FIELDS[cost_key]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    from haq.search.base import pareto_front
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
 
     for name, group in history.groupby(by, sort=False) if by in history else [("all", history)]:
         g = group.dropna(subset=[col])
@@ -66,7 +68,8 @@ def plot_pareto(history: pd.DataFrame, cost_key: str, path: str | Path, by: str 
 
 def plot_search(history: pd.DataFrame, path: str | Path) -> Path:
     """Accuracy per trial (feasible ones solid) and best feasible so far; reward if any."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.subplots()
     feas = history["feasible"].astype(str).str.lower() == "true"
     acc = 100 * history["accuracy"]
     ax.scatter(history["trial"][feas], acc[feas], s=8, label="feasible", color="#3465a4")
@@ -111,11 +114,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return out
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=120)
-    plt.close(fig)
     tmp.replace(path)
     return path

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -24,10 +24,7 @@ from haq.atomic import atomic_write_json
 from haq.bits import check_bits
 from haq.errors import PolicyError
 from haq.layers import LayerSpec
-from haq.quant.scheme import QuantScheme
-
-if TYPE_CHECKING:
-    from haq.simulators.base import HardwareModel
+from haq.scheme import QuantScheme
 
 FORMAT = "haq-policy/1"
 
@@ -155,12 +152,12 @@ class Policy:
         return cls.from_dict(d, source=str(p))
 
     # ----- validation against a model and a hardware ----------------------------------
-    def matched_to(self, layers: Sequence[LayerSpec], hardware: HardwareModel | None = None) -> Policy:
+    def matched_to(self, layers: Sequence[LayerSpec]) -> Policy:
         """This policy with layers in the model's order, after checking it fits the model.
 
         Raises one :class:`PolicyError` line for: a layer the model lacks (with the close
-        matches), a layer the policy misses, and — given ``hardware`` — a bitwidth the
-        hardware cannot run.
+        matches) and a layer the policy misses. (Whether a hardware runs its bits is
+        :func:`haq.simulators.check_policy_bits`'s question.)
         """
         import difflib
 
@@ -182,12 +179,7 @@ class Policy:
         ordered = tuple(
             LayerBits(s.name, s.kind, by_name[s.name].w_bits, by_name[s.name].a_bits) for s in layers
         )
-        matched = replace(self, layers=ordered)
-        if hardware is not None:
-            from haq.simulators.base import check_policy_bits
-
-            check_policy_bits(hardware, layers, matched.w_bits, matched.a_bits)
-        return matched
+        return replace(self, layers=ordered)
 
 
 _UNIFORM_RE = re.compile(r"^uniform:(?:w(\d+)a(\d+)|(\d+))$")

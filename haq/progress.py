@@ -1,4 +1,5 @@
-"""The progress bar of long commands (rich): trial, best feasible accuracy, its cost, ETA.
+"""The progress bar of long commands (rich): trial, best feasible accuracy, its cost,
+evaluations per second, how many were answered from the ledger, ETA.
 
 The library never prints; it calls ``on_trial(trial)``. This module turns those calls
 into a bar on stderr, or into nothing with ``--quiet``.
@@ -6,6 +7,7 @@ into a bar on stderr, or into nothing with ``--quiet``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -18,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from haq.budget import COST_FIELDS, UNIT_NAMES
+from haq.costs import COST_FIELDS, UNIT_NAMES
 
 
 class SearchProgress:
@@ -31,6 +33,7 @@ class SearchProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[best]}"),
+            TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -39,6 +42,8 @@ class SearchProgress:
         )
         self._task: Any = None
         self._best: float | None = None
+        self._repeats = 0
+        self._first: tuple[int, float] | None = None  #: (trial, time) of the first trial seen
 
     def __enter__(self) -> SearchProgress:
         self.progress.__enter__()
@@ -51,18 +56,26 @@ class SearchProgress:
         key = config.budget[0].split("=")[0].strip().lower() if config.budget else "latency"
         field = COST_FIELDS.get(key, "latency_ms")
         unit = UNIT_NAMES.get(key, "")
-        from haq.search import get_method
+        from haq.methods import get_method
 
         total = config.max_evaluations or get_method(config.method).default_evaluations
 
         def on_trial(trial: Any) -> None:
             if self._task is None:
-                self._task = self.progress.add_task(config.method, total=total, best="")
+                self._task = self.progress.add_task(config.method, total=total, best="", rate="")
             if trial.feasible and (self._best is None or trial.accuracy > self._best):
                 self._best = trial.accuracy
                 c = getattr(trial.cost, field)
                 cost = f", {c:.4g} {unit}" if c is not None else ""
                 self.progress.update(self._task, best=f"best feasible {100 * trial.accuracy:.2f}%{cost}")
-            self.progress.update(self._task, completed=trial.index + 1)
+            self._repeats += trial.source == "repeat"
+            now = time.perf_counter()
+            if self._first is None:
+                self._first = (trial.index, now)
+            done, elapsed = trial.index - self._first[0], now - self._first[1]
+            rate = f"{done / elapsed:.2f} eval/s" if elapsed > 0 and done > 0 else ""
+            if self._repeats:
+                rate += f", {self._repeats} from ledger"
+            self.progress.update(self._task, completed=trial.index + 1, rate=rate)
 
         return on_trial

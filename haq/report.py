@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from haq.budget import CostModel
+from haq.api import load_model_and_data
+from haq.costs import COST_FIELDS, CostModel
 from haq.layers import LayerSpec, describe
 from haq.models import load_model
 from haq.policy import Policy, parse_policy
+from haq.quant.evaluator import Evaluator
+from haq.scheme import QuantScheme
 from haq.simulators import HardwareModel, check_policy_bits, get_hardware, snap_bits
 
 
@@ -53,18 +56,9 @@ def cost_policy(
         pol = _fit_to_hardware(pol, layers, hw, round_up)
         table = hw.cost_table(layers, batch)
     costs = CostModel(layers, table)
-    w, a = pol.w_bits, pol.a_bits
-    total = costs.cost(w, a)
-    lat, en = table.per_layer(w, a) if table is not None else (None, None)
-    rows = []
-    for i, s in enumerate(layers):
-        rows.append({
-            "name": s.name, "kind": s.kind, "w_bits": int(w[i]), "a_bits": int(a[i]), "macs": s.macs, "params": s.params,
-            "latency_ms": None if lat is None else float(lat[i]),
-            "energy_mj": None if en is None else float(en[i]),
-            "size_mib": (s.params * int(w[i]) / 8 + 4 * s.bias_params) / 2**20,
-            "bops_g": s.macs * int(w[i]) * int(a[i]) / 1e9,
-        })
+    total = costs.cost(pol.w_bits, pol.a_bits)
+    frame = costs.per_layer(pol.w_bits, pol.a_bits).rename(columns={"layer": "name"})
+    rows = [{k: _plain(v) for k, v in r.items()} for r in frame.to_dict("records")]
     return {
         "model": model,
         "hardware": hw.name if hw else None,
@@ -72,8 +66,17 @@ def cost_policy(
         "policy": policy,
         **total.to_dict(),
         "layers": rows,
-        "per_layer_frame": pd.DataFrame(rows),
+        "per_layer_frame": frame,
     }
+
+
+def _plain(v: Any) -> Any:
+    """A DataFrame cell as a JSON value (numpy scalars to Python, NaN to None)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
 
 
 def evaluate_policy(
@@ -89,17 +92,7 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Accuracy on ``split`` plus every cost of one policy (a policy file's own quant scheme
     wins over ``quant``, which applies to shorthands like ``uniform:4``)."""
-    from haq.data import load_data
-    from haq.errors import ConfigError
-    from haq.quant.evaluator import Evaluator
-    from haq.quant.scheme import QuantScheme
-
-    loaded = load_model(model, weights, input_size=input_size)
-    spec = data or loaded.default_data
-    if spec is None:
-        raise ConfigError(f"model {model} needs data to measure accuracy: pass --data imagefolder:PATH")
-    splits = load_data(spec, image_size=input_size)
-    layers = describe(loaded.module, splits.input_shape)
+    loaded, splits, layers = load_model_and_data(model, weights, data, input_size)
     pol = parse_policy(policy, layers, model=model, quant=QuantScheme.from_dict(quant))
     hw = get_hardware(hardware) if hardware else None
     table = None
@@ -155,8 +148,6 @@ def result_table(result: dict[str, Any]):  # noqa: ANN201 - rich renderable
 def policy_table(result, config) -> Any:  # noqa: ANN001 - SearchResult, SearchConfig
     """The best policy of a search: per layer bits and its share of the budgeted cost."""
     from rich.table import Table
-
-    from haq.budget import COST_FIELDS
 
     m = result.best_policy.metrics
     key = config.budget[0].split("=")[0].strip().lower() if config.budget else "latency"

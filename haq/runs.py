@@ -7,6 +7,7 @@ Layout (design §3)::
                 history.csv     one row per evaluated policy, flushed as it comes
                 pareto.csv      the accuracy/cost front of the history
                 summary.md      what was searched and what was found
+                result.json     evaluations, repeats, wall time and the method's extras
                 plots/          bitwidths.png, pareto.png, search.png
                 checkpoint/     method state (e.g. the RL agent), if the method keeps one
                 .lock           present while a process works on the run
@@ -15,23 +16,28 @@ Resume: ``--resume`` re-reads config.json (it must equal the new one) and histor
 Methods are deterministic given the seed, so the method is run again from the start and
 every policy already in history.csv is answered from it instead of being re-measured;
 methods with internal state (RL) also restore their ``checkpoint/``. At most the trial in
-flight is lost.
+flight is lost. This module only lays out and writes run directories; :func:`haq.api.search`
+runs a search into one.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 
 from haq.atomic import atomic_write_json, atomic_write_text
 from haq.errors import RunDirError
-from haq.search.base import HISTORY_COLUMNS, SearchResult
+from haq.history import HISTORY_COLUMNS, pareto_front, read_history
+from haq.methods import SearchResult
+from haq.plots import plot_run
+from haq.policy import Policy
 
 
 class HistoryWriter:
@@ -70,8 +76,6 @@ class HistoryWriter:
     def _truncate(self, n: int) -> None:
         self.existing = self.existing[:n]
         lines = [HISTORY_COLUMNS] + [[r.get(c, "") for c in HISTORY_COLUMNS] for r in self.existing]
-        import io
-
         buf = io.StringIO()
         csv.writer(buf).writerows(lines)
         atomic_write_text(self.path, buf.getvalue())
@@ -87,9 +91,12 @@ class RunDir:
     def checkpoint(self) -> Path:
         return self.path / "checkpoint"
 
-    def open(self, config: dict[str, Any], resume: bool) -> None:
-        """Create (or, with ``resume``, reopen) the run and take its lock."""
+    def check_available(self, config: dict[str, Any], resume: bool) -> None:
+        """Refuse, without writing anything, a run directory this search cannot use: one that
+        holds another run (without ``resume``), none or another configuration (with it), or
+        one a live process is working in."""
         cfg_path = self.path / "config.json"
+        self.check_unlocked()
         if cfg_path.is_file() and not resume:
             raise RunDirError(
                 f"{self.path} already holds a run; pass --resume to continue it or choose another --out"
@@ -99,7 +106,7 @@ class RunDir:
                 raise RunDirError(f"--resume: {self.path} holds no run (no config.json); drop --resume to start one")
             try:
                 old = json.loads(cfg_path.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 raise RunDirError(f"--resume: {cfg_path} is not valid JSON; start a new run with another --out") from None
             diff = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
             if diff:
@@ -108,22 +115,29 @@ class RunDir:
                     f"--resume: {self.path} was run with {k}={old.get(k)!r}, not {config.get(k)!r}; "
                     "resume with the same settings or choose another --out"
                 )
+
+    def open(self, config: dict[str, Any], resume: bool) -> None:
+        """Create (or, with ``resume``, reopen) the run and take its lock."""
+        self.check_available(config, resume)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
-        atomic_write_json(cfg_path, config)
+        atomic_write_json(self.path / "config.json", config)
 
-    def _lock(self) -> None:
+    def check_unlocked(self) -> None:
         lock = self.path / ".lock"
         if lock.is_file():
             try:
                 pid = int(lock.read_text().strip() or 0)
-            except ValueError:
+            except (ValueError, OSError):
                 pid = 0
             if pid and pid != os.getpid() and _alive(pid):
                 raise RunDirError(
                     f"{self.path} is in use by a running search (pid {pid}); wait for it, stop it, or choose another --out"
                 )
-        atomic_write_text(lock, str(os.getpid()))
+
+    def _lock(self) -> None:
+        self.check_unlocked()
+        atomic_write_text(self.path / ".lock", str(os.getpid()))
 
     def release(self) -> None:
         (self.path / ".lock").unlink(missing_ok=True)
@@ -131,14 +145,53 @@ class RunDir:
     def history_writer(self) -> HistoryWriter:
         return HistoryWriter(self.path / "history.csv")
 
-    def write_result(self, result: SearchResult, config: dict[str, Any], fp32: float | None = None) -> None:
-        """policy.json, pareto.csv, summary.md and plots of a finished search."""
+    def write_result(self, result: SearchResult, config: dict[str, Any]) -> None:
+        """policy.json, pareto.csv, summary.md, result.json and plots of a finished search."""
         result.best_policy.save(self.path / "policy.json")
         atomic_write_text(self.path / "pareto.csv", result.pareto.to_csv(index=False))
         atomic_write_text(self.path / "summary.md", summary_markdown(result, config))
-        from haq.plots import plot_run
-
         plot_run(self.path)
+        atomic_write_json(self.path / "result.json", {
+            "method": result.method, "evaluations": result.evaluations, "repeats": result.repeats,
+            "wall_s": result.wall_s, "extras": _plain(result.extras),
+        })  # written last: its presence marks a finished run
+
+    @property
+    def finished(self) -> bool:
+        """Whether a search finished here (``result.json`` and ``policy.json`` written)."""
+        return (self.path / "result.json").is_file() and (self.path / "policy.json").is_file()
+
+    def load_result(self) -> SearchResult:
+        """The :class:`SearchResult` of a finished run, read back from its files (no per-layer
+        costs: ``per_layer`` is empty)."""
+        if not self.finished:
+            raise RunDirError(f"{self.path} holds no finished search (no result.json); resume it with --resume")
+        meta = json.loads((self.path / "result.json").read_text())
+        policy = Policy.load(self.path / "policy.json")
+        history = read_history(self.path)
+        cfg = json.loads((self.path / "config.json").read_text())
+        key = str((cfg.get("budget") or ["latency"])[0]).split("=")[0].strip().lower()
+        return SearchResult(
+            method=meta["method"], best_policy=policy, history=history,
+            pareto=pareto_front(history, key if key in ("latency", "energy", "size", "bops") else "latency"),
+            evaluations=int(meta["evaluations"]), wall_s=float(meta["wall_s"]), extras=dict(meta.get("extras") or {}),
+            repeats=int(meta.get("repeats", 0)),
+        )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _alive(pid: int) -> bool:
@@ -159,7 +212,8 @@ def summary_markdown(result: SearchResult, config: dict[str, Any]) -> str:
         "",
         f"- budget: {', '.join(config.get('budget', []))}",
         *_drop_line(p.search, config),
-        f"- evaluations: {result.evaluations}, wall time {result.wall_s:.1f} s, seed {config.get('seed')}",
+        f"- evaluations: {result.evaluations}{_repeats(result)}, wall time {result.wall_s:.1f} s, "
+        f"seed {config.get('seed')}",
         f"- test accuracy: {_pct(m.get('accuracy'))} (fp32 {_pct(m.get('fp32_accuracy'))}; "
         f"validation {_pct(m.get('val_accuracy'))})",
         f"- latency {_num(m.get('latency_ms'), 'ms')}, energy {_num(m.get('energy_mj'), 'mJ')}, "
@@ -170,6 +224,13 @@ def summary_markdown(result: SearchResult, config: dict[str, Any]) -> str:
     ]
     lines += [f"| {lb.name} | {lb.kind} | {lb.w_bits} | {lb.a_bits} |" for lb in p.layers]
     return "\n".join(lines) + "\n"
+
+
+def _repeats(result: SearchResult) -> str:
+    if not result.repeats:
+        return ""
+    return (f" ({result.repeats} answered from the ledger: a policy the search had measured, proposed again; "
+            f"{result.evaluations - result.repeats} distinct)")
 
 
 def _drop_line(search: Mapping[str, Any], config: dict[str, Any]) -> list[str]:
@@ -187,37 +248,3 @@ def _pct(v: Any) -> str:
 
 def _num(v: Any, unit: str) -> str:
     return "n/a" if v is None else f"{float(v):.4g} {unit}"
-
-
-def read_history(run_dir: str | Path) -> pd.DataFrame:
-    """history.csv of a run as a DataFrame (what a notebook does with pandas.read_csv)."""
-    return pd.read_csv(Path(run_dir) / "history.csv")
-
-
-def run_search(
-    config: Any,
-    out: str | Path,
-    resume: bool = False,
-    workspace: Any = None,
-    on_trial: Callable | None = None,
-) -> SearchResult:
-    """Run ``config`` (a :class:`haq.api.SearchConfig`) into run directory ``out``."""
-    from haq.api import make_problem, method_options, prepare
-    from haq.search import get_method, run_method
-
-    spec = get_method(config.method)
-    options = method_options(config)
-    run = RunDir(out)
-    cfg = config.to_dict()
-    run.open(cfg, resume)
-    try:
-        ws = workspace or prepare(config)
-        writer = run.history_writer()
-        problem = make_problem(config, ws, recorder=writer, on_trial=on_trial)
-        problem.replay = writer.replay() if resume else {}
-        problem.run_dir = run.path
-        result = run_method(problem, spec, options)
-        run.write_result(result, cfg)
-        return result
-    finally:
-        run.release()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from haq.registry import Registry
-from haq.simulators.base import CostTable, HardwareModel, check_policy_bits, round_up_bits, snap_bits
+from haq.simulators.base import HardwareModel, check_policy_bits, round_up_bits, snap_bits
 
 HARDWARE: Registry[Callable[[], HardwareModel]] = Registry("hardware")
 
@@ -53,7 +53,6 @@ def _load_builtin() -> None:
 
 
 __all__ = [
-    "CostTable",
     "HARDWARE",
     "HardwareModel",
     "check_policy_bits",

@@ -1,74 +1,22 @@
-"""The hardware-model protocol and the per-model cost table every searcher consumes.
+"""The hardware-model protocol every simulator and measured profile implements.
 
 A hardware model answers one question once per network: what does each layer cost at
-each (weight bits, activation bits) pair? The answer is a :class:`CostTable`, and the cost
-of any policy is then a gather and a sum (microseconds), so searchers can ask it millions
-of times.
+each (weight bits, activation bits) pair? The answer is a :class:`haq.costs.CostTable`, and
+the cost of any policy is then a gather and a sum (microseconds), so searchers can ask it
+millions of times.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from haq.bits import ALL_BITS, NUM_SLOTS, slots
-from haq.errors import HardwareError, PolicyError
+from haq.bits import ALL_BITS, NUM_SLOTS
+from haq.costs import CostTable
+from haq.errors import PolicyError
 from haq.layers import LayerSpec
-
-
-@dataclass(frozen=True)
-class CostTable:
-    """Latency and energy of every layer at every bit pair, for one model on one hardware.
-
-    ``latency_ms[l, slot(w), slot(a)]`` is the time in milliseconds of layer ``l`` for one
-    batch of ``batch`` images; ``energy_mj`` likewise in millijoules, or ``None`` when the
-    hardware model has no energy (measured latency profiles). Entries the hardware cannot
-    run are NaN. Shapes: ``(L, NUM_SLOTS, NUM_SLOTS)``; see :mod:`haq.bits` for slots.
-    """
-
-    hardware: str
-    layer_names: tuple[str, ...]
-    latency_ms: np.ndarray
-    energy_mj: np.ndarray | None
-    batch: int
-    _rows: np.ndarray = field(init=False, repr=False, compare=False)
-    _base: np.ndarray = field(init=False, repr=False, compare=False)
-    _flat_lat: np.ndarray = field(init=False, repr=False, compare=False)
-    _flat_en: np.ndarray | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        n = len(self.layer_names)
-        for what, arr in (("latency_ms", self.latency_ms), ("energy_mj", self.energy_mj)):
-            if arr is not None and arr.shape != (n, NUM_SLOTS, NUM_SLOTS):
-                raise HardwareError(
-                    f"{self.hardware}: {what} table has shape {arr.shape}, expected {(n, NUM_SLOTS, NUM_SLOTS)}"
-                )
-        object.__setattr__(self, "_rows", np.arange(n))
-        # Flat views so that one policy's cost is a single take() per quantity.
-        object.__setattr__(self, "_base", np.arange(n) * NUM_SLOTS * NUM_SLOTS)
-        object.__setattr__(self, "_flat_lat", np.ascontiguousarray(self.latency_ms, dtype=np.float64).ravel())
-        en = None if self.energy_mj is None else np.ascontiguousarray(self.energy_mj, dtype=np.float64).ravel()
-        object.__setattr__(self, "_flat_en", en)
-
-    def __len__(self) -> int:
-        return len(self.layer_names)
-
-    def per_layer(self, w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per-layer latency (ms) and energy (mJ or None) of one policy, shape ``(L,)``."""
-        sw, sa = slots(w_bits), slots(a_bits)
-        lat = self.latency_ms[self._rows, sw, sa]
-        en = None if self.energy_mj is None else self.energy_mj[self._rows, sw, sa]
-        return lat, en
-
-    def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[float, float | None]:
-        """Whole-model latency (ms) and energy (mJ or None) of one policy: the hot path."""
-        idx = self._base + slots(w_bits) * NUM_SLOTS + slots(a_bits)
-        lat = float(self._flat_lat.take(idx).sum())
-        en = None if self._flat_en is None else float(self._flat_en.take(idx).sum())
-        return lat, en
 
 
 @runtime_checkable

@@ -87,10 +87,11 @@ from types import MappingProxyType
 import numpy as np
 
 from haq.bits import INT_BITS, slot
+from haq.costs import CostTable
 from haq.errors import ConfigError, HardwareError
 from haq.layers import LAYER_KINDS, LayerSpec
 from haq.simulators import register_hardware
-from haq.simulators.base import CostTable, empty_table
+from haq.simulators.base import empty_table
 
 RESULT_BYTES = 4  #: bytes per accumulator written by the result stage (BISMO accWidth = 32)
 _POSITIVE_INT_FIELDS = "dm dk dn read_port_bytes read_ports write_port_bytes entries_per_mem batch".split()

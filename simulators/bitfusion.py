@@ -75,10 +75,11 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from haq.bits import INT_BITS, slot
+from haq.costs import CostTable
 from haq.errors import ConfigError, HardwareError
 from haq.layers import LAYER_KINDS, LayerSpec
 from haq.simulators import register_hardware
-from haq.simulators.base import CostTable, empty_table
+from haq.simulators.base import empty_table
 
 _NS = ("act", "wgt", "out")  # IBUF, WBUF, OBUF
 _BIG = np.iinfo(np.int64).max // 4  # "this tiling does not fit"

@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 
 from haq.bits import slot
+from haq.costs import CostTable
 from haq.errors import HardwareError
 from haq.layers import LAYER_KINDS, LayerSpec
-from haq.simulators.base import CostTable, empty_table
+from haq.simulators.base import empty_table
 from haq.simulators.profile_csv import gemm_shape
 from haq.simulators.roofline import Roofline, fit_roofline, holdout_errors, summarize_errors
 

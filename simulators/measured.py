@@ -24,10 +24,11 @@ import torch
 
 from haq.bits import slot
 from haq.cache import cache_dir, content_key
+from haq.costs import CostTable
 from haq.errors import HardwareError
 from haq.layers import LayerSpec
 from haq.simulators import register_hardware
-from haq.simulators.base import CostTable, empty_table
+from haq.simulators.base import empty_table
 from haq.simulators.gpu_reference import ReferenceGpuHardware, is_gpu_reference_format
 from haq.simulators.profile_csv import (
     GEOMETRY_COLUMNS,

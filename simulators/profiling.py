@@ -69,8 +69,8 @@ from torch import nn
 from torch.fx import GraphModule
 
 from haq.errors import HardwareError, ModelError
+from haq.fold import fold_batchnorm
 from haq.layers import LayerSpec
-from haq.quant.fold import fold_batchnorm
 from haq.simulators.profile_csv import GEOMETRY_COLUMNS, gemm_shape, geometry, shape_key
 
 CPU_METHOD_VERSION = 2  #: bump when what profile_cpu times changes (invalidates cached profiles)

@@ -49,6 +49,19 @@ def mobilenet_evaluator(mobilenet, digits):
     return Evaluator(mobilenet.module, digits)
 
 
+def solve(config, workspace, **ledger_kwargs):
+    """Run ``config``'s method on a prepared workspace without a run directory; returns
+    ``(problem, ledger, result)`` so a test can look at the ledger after the run."""
+    from haq.api import make_problem, method_options, open_ledger
+    from haq.methods import get_method, run_method
+
+    spec = get_method(config.method)
+    options = method_options(config)
+    problem = make_problem(config, workspace, options)
+    ledger = open_ledger(problem, workspace, spec, **ledger_kwargs)
+    return problem, ledger, run_method(spec, problem, ledger, options)
+
+
 class CliResult:
     def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr

@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from haq.api import SearchConfig, make_problem, prepare, search
+from haq.api import prepare, search
+from haq.config import SearchConfig
 from haq.errors import ConfigError
-from haq.search import get_method, run_method
-from tests.conftest import run_cli
+from haq.ledger import best_trial
+from tests.conftest import run_cli, solve
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,13 @@ def workspace():
 def _run(workspace, drop, n=24, budget="latency=1.0"):
     cfg = SearchConfig(hardware="bismo-edge", budget=(budget,), method="pareto", max_evaluations=n,
                        options={"population_size": 8}, max_accuracy_drop=drop)
-    problem = make_problem(cfg, workspace)
-    spec = get_method("pareto")
-    return problem, run_method(problem, spec, spec.options_type(population_size=8))
+    problem, ledger, result = solve(cfg, workspace)
+    return problem, ledger, result
 
 
 def test_the_cheapest_measured_policy_within_the_drop_is_returned(workspace):
-    problem, result = _run(workspace, drop=1.0)
-    fp32 = problem.fp32_accuracy("val")
+    _, ledger, result = _run(workspace, drop=1.0)
+    fp32 = ledger.fp32_accuracy("val")
     h = result.history
     within = h[h["feasible"] & (h["accuracy"] >= fp32 - 0.01 - 1e-12)]
     assert len(within) >= 1
@@ -41,32 +41,32 @@ def test_the_cheapest_measured_policy_within_the_drop_is_returned(workspace):
 
 
 def test_a_looser_drop_never_gives_a_costlier_policy_from_the_same_trials(workspace):
-    problem, _ = _run(workspace, drop=None)
+    problem, ledger, _ = _run(workspace, drop=None)
     chosen = []
     for drop in (0.0, 0.5, 1.0, 2.0, 5.0, 20.0):
-        problem.max_accuracy_drop = drop
-        chosen.append(problem.best.cost.latency_ms)
+        best = best_trial(ledger.trials, problem.replace(max_accuracy_drop=drop), ledger.fp32_accuracy("val"))
+        chosen.append(best.cost.latency_ms)
     assert chosen == sorted(chosen, reverse=True)
     assert chosen[-1] < chosen[0]
 
 
 def test_pareto_with_a_drop_finds_a_policy_cheaper_than_8_bit_within_it(workspace):
-    problem, result = _run(workspace, drop=1.0, n=40)
+    problem, _, result = _run(workspace, drop=1.0, n=40)
     assert result.best_policy.search["accuracy_drop_met"] is True
     assert result.best_policy.metrics["latency_ms"] < 0.9 * problem.costs.uniform(8).latency_ms
 
 
 def test_without_a_drop_the_most_accurate_policy_is_returned(workspace):
-    _, result = _run(workspace, drop=None)
+    _, _, result = _run(workspace, drop=None)
     assert result.best_policy.metrics["val_accuracy"] == pytest.approx(
         result.history.loc[result.history["feasible"], "accuracy"].max())
     assert "accuracy_drop_met" not in result.best_policy.search
 
 
 def test_an_unmet_drop_returns_the_most_accurate_policy_and_says_so(workspace):
-    problem, result = _run(workspace, drop=0.0, n=3, budget="latency=0.45")
+    _, ledger, result = _run(workspace, drop=0.0, n=3, budget="latency=0.45")
     h = result.history[result.history["feasible"]]
-    if (h["accuracy"] >= problem.fp32_accuracy("val")).any():
+    if (h["accuracy"] >= ledger.fp32_accuracy("val")).any():
         pytest.skip("a policy at 0.45 of 8-bit latency kept fp32 accuracy on the validation split")
     assert result.best_policy.search["accuracy_drop_met"] is False
     assert result.best_policy.metrics["val_accuracy"] == pytest.approx(h["accuracy"].max())

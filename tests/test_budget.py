@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torchvision
 
-from haq.budget import Budget, Cost, CostModel, bops_g, check_reachable, enforce_budget, size_mib
+from haq.budget import Budget, check_reachable, enforce_budget
+from haq.costs import Cost, CostModel
 from haq.errors import BudgetError
 from haq.layers import describe
 
@@ -17,24 +18,38 @@ def resnet18_layers():
 
 
 def test_resnet18_w8a8_is_11_1_mib_and_116_gbops(resnet18_layers):
-    b = np.full(len(resnet18_layers), 8)
-    assert round(size_mib(resnet18_layers, b), 1) == 11.1
-    assert round(bops_g(resnet18_layers, b, b)) == 116
+    c = CostModel(resnet18_layers, None).uniform(8)
+    assert round(c.size_mib, 1) == 11.1
+    assert round(c.bops_g) == 116
 
 
 def test_resnet18_w4a4_is_5_6_mib_and_29_gbops(resnet18_layers):
-    b = np.full(len(resnet18_layers), 4)
-    assert size_mib(resnet18_layers, b) == pytest.approx(5.57, abs=0.01)
-    assert bops_g(resnet18_layers, b, b) == pytest.approx(29.0, abs=0.1)
+    c = CostModel(resnet18_layers, None).uniform(4)
+    assert c.size_mib == pytest.approx(5.57, abs=0.01)
+    assert c.bops_g == pytest.approx(29.0, abs=0.1)
 
 
 def test_cost_model_equals_the_plain_formulas(resnet18_layers):
     rng = np.random.default_rng(0)
     w, a = rng.integers(2, 9, len(resnet18_layers)), rng.integers(2, 9, len(resnet18_layers))
     c = CostModel(resnet18_layers, None).cost(w, a)
-    assert c.size_mib == pytest.approx(size_mib(resnet18_layers, w))
-    assert c.bops_g == pytest.approx(bops_g(resnet18_layers, w, a))
+    size = sum(s.params * int(b) / 8 + 4 * s.bias_params for s, b in zip(resnet18_layers, w, strict=True)) / 2**20
+    bops = sum(s.macs * int(x) * int(y) for s, x, y in zip(resnet18_layers, w, a, strict=True)) / 1e9
+    assert c.size_mib == pytest.approx(size)
+    assert c.bops_g == pytest.approx(bops)
     assert c.latency_ms is None and c.energy_mj is None
+
+
+def test_per_layer_costs_add_up_to_the_policy_cost(resnet18_layers):
+    rng = np.random.default_rng(1)
+    w, a = rng.integers(2, 9, len(resnet18_layers)), rng.integers(2, 9, len(resnet18_layers))
+    costs = CostModel(resnet18_layers, None)
+    frame = costs.per_layer(w, a)
+    assert frame["size_mib"].sum() == pytest.approx(costs.cost(w, a).size_mib)
+    assert frame["bops_g"].sum() == pytest.approx(costs.cost(w, a).bops_g)
+    assert costs.layer_size_mib(w).sum() + costs.bias_mib == pytest.approx(costs.cost(w, a).size_mib)
+    grid = np.stack([w, w], axis=1)  # (L, K) option tables for an ILP
+    assert costs.layer_bops_g(grid, grid).shape == (len(resnet18_layers), 2)
 
 
 @pytest.mark.parametrize(

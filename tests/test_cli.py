@@ -34,7 +34,7 @@ def test_list_shows_the_registries(what):
 
 
 def test_list_options_names_every_method_option_with_its_default_and_meaning():
-    from haq.search import list_method_options
+    from haq.methods import list_method_options
 
     rows = dict(list_method_options())
     assert rows["rl.warmup_episodes"].startswith("20 - episodes of uniform random actions")

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from haq.api import SearchConfig, make_problem, prepare
+from haq.api import make_problem, open_ledger, prepare
 from haq.compare import COLUMNS, compare
-from haq.errors import ConfigError, SearchError, UnknownNameError
-from haq.search import get_method, run_method
-from tests.conftest import run_cli
+from haq.config import SearchConfig
+from haq.errors import ConfigError, RunDirError, SearchError, UnknownNameError
+from haq.methods import get_method, run_method
+from tests.conftest import run_cli, solve
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +46,8 @@ def test_zero_seeds_is_refused(workspace):
 
 
 def test_uniform_returns_the_best_feasible_uniform_policy(workspace):
-    problem = make_problem(_config(method="uniform", max_evaluations=100), workspace)
-    result = run_method(problem, get_method("uniform"), get_method("uniform").options_type())
-    free = [i for i in range(problem.n_layers) if i not in problem.pinned]
+    problem, _, result = solve(_config(method="uniform", max_evaluations=100), workspace)
+    free = problem.free_layers
     w, a = result.best_policy.w_bits, result.best_policy.a_bits
     assert len(set(w[free])) == 1 and len(set(a[free])) == 1
     assert problem.budget.satisfied(problem.cost(w, a))
@@ -57,8 +57,7 @@ def test_uniform_returns_the_best_feasible_uniform_policy(workspace):
 
 def test_random_is_seeded_and_budget_enforced(workspace):
     def run(seed):
-        p = make_problem(_config(method="random", seed=seed), workspace)
-        return run_method(p, get_method("random"), get_method("random").options_type())
+        return solve(_config(method="random", seed=seed), workspace)[2]
 
     a, b, c = run(3), run(3), run(4)
     assert list(a.history["w_bits"]) == list(b.history["w_bits"])
@@ -72,7 +71,7 @@ def test_too_few_evaluations_for_a_method_names_the_minimum(workspace):
     spec = replace(get_method("uniform"), min_evaluations=lambda p: 5)
     problem = make_problem(_config(method="uniform", max_evaluations=2), workspace)
     with pytest.raises(SearchError, match="--max-evaluations 2 is too few for uniform: it needs at least 5"):
-        run_method(problem, spec, spec.options_type())
+        run_method(spec, problem, open_ledger(problem, workspace, spec), spec.options_type())
 
 
 def test_a_budget_a_method_cannot_express_is_named(workspace):
@@ -81,7 +80,7 @@ def test_a_budget_a_method_cannot_express_is_named(workspace):
     spec = replace(get_method("uniform"), budget_keys=("size",))
     problem = make_problem(_config(method="uniform"), workspace)
     with pytest.raises(SearchError, match="method uniform cannot express a latency budget"):
-        run_method(problem, spec, spec.options_type())
+        run_method(spec, problem, open_ledger(problem, workspace, spec), spec.options_type())
 
 
 def test_cli_compare_prints_the_table_and_writes_it(tmp_path):
@@ -96,5 +95,36 @@ def test_policies_from_compare_load_and_fit_the_model(workspace, tmp_path):
     from haq.policy import Policy
 
     compare(_config(), ["uniform"], seeds=1, out=tmp_path, workspace=workspace)
-    p = Policy.load(tmp_path / "policies" / "uniform-seed0.json").matched_to(workspace.layers, workspace.hardware)
+    p = Policy.load(tmp_path / "policies" / "uniform-seed0.json").matched_to(workspace.layers)
     assert np.isfinite(workspace.costs.cost(p.w_bits, p.a_bits).latency_ms)
+
+
+def test_a_comparison_is_a_run_directory_that_refuses_to_be_overwritten(workspace, tmp_path):
+    compare(_config(), ["uniform"], seeds=1, out=tmp_path / "cmp", workspace=workspace)
+    assert (tmp_path / "cmp" / "runs" / "uniform-seed0" / "policy.json").is_file()
+    assert not (tmp_path / "cmp" / ".lock").exists()
+    with pytest.raises(RunDirError, match="holds a finished comparison; pass --force"):
+        compare(_config(), ["uniform"], seeds=1, out=tmp_path / "cmp", workspace=workspace)
+    table = compare(_config(), ["uniform"], seeds=1, out=tmp_path / "cmp", workspace=workspace, force=True)
+    assert list(table["method"]) == ["uniform"]
+
+
+def test_a_killed_comparison_resumes_to_the_same_table(workspace, tmp_path):
+    full = compare(_config(), ["uniform", "random"], seeds=2, out=tmp_path / "full", workspace=workspace)
+    part = tmp_path / "part"
+    compare(_config(), ["uniform", "random"], seeds=2, out=part, workspace=workspace)
+    # killed during random seed 1: its run has 3 trials, no result; the comparison has no table
+    run = part / "runs" / "random-seed1"
+    lines = (run / "history.csv").read_text().splitlines()
+    (run / "history.csv").write_text("\n".join(lines[:4]) + "\n")
+    for name in ("result.json", "policy.json"):
+        (run / name).unlink()
+    for name in ("comparison.csv", "comparison.md"):
+        (part / name).unlink()
+    with pytest.raises(RunDirError, match="pass --resume"):
+        compare(_config(), ["uniform", "random"], seeds=2, out=part, workspace=workspace)
+    resumed = compare(_config(), ["uniform", "random"], seeds=2, out=part, workspace=workspace, resume=True)
+    cols = [c for c in full.columns if c != "wall_s"]
+    assert resumed[cols].equals(full[cols])
+    h = pd.read_csv(run / "history.csv")
+    assert list(h["trial"]) == list(range(8))

@@ -9,8 +9,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import haq.envs
-from haq.api import SearchConfig, make_problem, prepare
+from haq.api import make_env, make_problem, open_ledger, prepare
 from haq.budget import enforce_budget
+from haq.config import SearchConfig
 from haq.envs.quantization_env import (
     FEATURES,
     MixedPrecisionEnv,
@@ -19,7 +20,8 @@ from haq.envs.quantization_env import (
     minmax_columns,
 )
 from haq.errors import ConfigError
-from haq.search.base import EvaluationLimitReached
+from haq.methods import get_method
+from haq.problem import EvaluationLimitReached
 
 CONFIG = SearchConfig(hardware="bismo-edge", budget=("latency=0.5",), method="rl", max_evaluations=50)
 
@@ -32,6 +34,11 @@ def ws():
 @pytest.fixture
 def problem(ws):
     return make_problem(CONFIG, ws)
+
+
+@pytest.fixture
+def ledger(problem, ws):
+    return open_ledger(problem, ws, get_method("rl"))
 
 
 def run_episode(env, actions):
@@ -49,20 +56,28 @@ def run_episode(env, actions):
 
 
 # ----- registration and the Gymnasium contract -----------------------------------------------
-def test_registered_id_makes_the_environment(problem):
-    env = gymnasium.make(haq.envs.ENV_ID, problem=problem)
+def test_registered_id_makes_the_environment(problem, ledger):
+    env = gymnasium.make(haq.envs.ENV_ID, problem=problem, ledger=ledger)
     assert isinstance(env.unwrapped, MixedPrecisionEnv)
-    assert env.unwrapped.problem is problem
+    assert env.unwrapped.problem is problem and env.unwrapped.ledger is ledger
 
 
-def test_module_colon_id_form_works(problem):
-    env = gymnasium.make("haq.envs:haq/MixedPrecision-v0", problem=problem)
+def test_module_colon_id_form_works(problem, ledger):
+    env = gymnasium.make("haq.envs:haq/MixedPrecision-v0", problem=problem, ledger=ledger)
     assert isinstance(env.unwrapped, MixedPrecisionEnv)
-    assert gymnasium.spec(haq.envs.ENV_ID).entry_point == "haq.envs.quantization_env:MixedPrecisionEnv"
+    assert gymnasium.spec(haq.envs.ENV_ID).entry_point == "haq.api:make_env"
 
 
-def test_environment_passes_gymnasium_check_env(problem):
-    check_env(MixedPrecisionEnv(problem=problem), skip_render_check=True)
+def test_environment_passes_gymnasium_check_env(problem, ledger):
+    check_env(MixedPrecisionEnv(problem, ledger), skip_render_check=True)
+
+
+def test_without_a_ledger_the_last_step_proposes_and_measures_nothing(problem):
+    env = MixedPrecisionEnv(problem)
+    _, rewards, info = run_episode(env, lambda t: 1.0)
+    assert rewards == [0.0] * (2 * problem.n_layers)
+    assert info["measured"] is False and "accuracy" not in info
+    assert problem.feasible(info["w_bits"], info["a_bits"])
 
 
 @pytest.mark.slow
@@ -70,7 +85,7 @@ def test_make_without_arguments_builds_the_default_problem():
     env = gymnasium.make(haq.envs.ENV_ID)
     p = env.unwrapped.problem
     default = SearchConfig()
-    assert (p.model_name, p.hardware.name, p.budget.budget.to_dict()) == (
+    assert (p.model_name, p.hardware, p.budget.budget.to_dict()) == (
         default.model, default.hardware, {"latency": default.budget[0].split("=")[1]})
 
 
@@ -78,34 +93,34 @@ def test_make_without_arguments_builds_the_default_problem():
 def test_make_kwargs_choose_another_problem():
     env = gymnasium.make(haq.envs.ENV_ID, hardware="bismo-edge", budget="size=0.5", pin="none", max_evaluations=3)
     p = env.unwrapped.problem
-    assert p.hardware.name == "bismo-edge" and p.budget.budget.keys == ("size",)
+    assert p.hardware == "bismo-edge" and p.budget.budget.keys == ("size",)
     assert p.pinned == () and p.max_evaluations == 3
 
 
 def test_problem_and_problem_arguments_are_exclusive(problem):
     with pytest.raises(ConfigError, match="either a SearchProblem or the arguments"):
-        MixedPrecisionEnv(problem=problem, hardware="bitfusion")
+        make_env(problem=problem, hardware="bitfusion")
 
 
 # ----- episode structure -------------------------------------------------------------------------
-def test_episode_has_two_steps_per_layer_weight_then_activation(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_episode_has_two_steps_per_layer_weight_then_activation(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     observations, rewards, _ = run_episode(env, lambda t: 0.5)
     assert len(rewards) == 2 * problem.n_layers
     flags = [o[FEATURES.index("is_weight_step")] for o in observations[:-1]]
     assert flags == [1.0, 0.0] * problem.n_layers  # HAQ's reference inverts it after step 1
 
 
-def test_observation_walks_the_layers_in_order(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_observation_walks_the_layers_in_order(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     observations, _, _ = run_episode(env, lambda t: 0.5)
     index = FEATURES.index("layer_index")
     seen = [o[index] for o in observations[:-1:2]]
     assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0
 
 
-def test_previous_bits_feature_is_last_choice_over_max_bits(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_previous_bits_feature_is_last_choice_over_max_bits(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     obs, _ = env.reset()
     assert obs[FEATURES.index("prev_bits")] == 1.0
     env.step(np.array([0.5], dtype=np.float32))  # layer 0 is pinned at 8
@@ -114,15 +129,15 @@ def test_previous_bits_feature_is_last_choice_over_max_bits(problem):
     assert obs[FEATURES.index("prev_bits")] == pytest.approx(min(problem.choices[1]) / max(problem.choices[1]))
 
 
-def test_observations_stay_in_the_observation_space(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_observations_stay_in_the_observation_space(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     rng = np.random.default_rng(0)
     observations, _, _ = run_episode(env, lambda t: rng.uniform())
     assert all(env.observation_space.contains(o) for o in observations)
 
 
-def test_stepping_after_the_episode_needs_a_reset(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_stepping_after_the_episode_needs_a_reset(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     run_episode(env, lambda t: 1.0)
     with pytest.raises(gymnasium.error.ResetNeeded):
         env.step(np.array([0.5], dtype=np.float32))
@@ -170,16 +185,16 @@ def test_bits_the_hardware_cannot_run_round_up_to_supported_ones():
     assert action_to_bits(1.5 / 7, (2, 4, 8)) == 4  # the formula gives 3
 
 
-def test_pinned_layers_keep_their_bits_whatever_the_action(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_pinned_layers_keep_their_bits_whatever_the_action(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     _, _, info = run_episode(env, lambda t: 0.0)
     for i in problem.pinned:
         assert info["w_bits"][i] == 8 and info["a_bits"][i] == 8
 
 
 # ----- budget and reward -------------------------------------------------------------------------
-def test_budget_is_met_after_enforcement_with_haqs_loop(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_budget_is_met_after_enforcement_with_haqs_loop(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     _, _, info = run_episode(env, lambda t: 1.0)  # everything at 8 bits: over budget
     assert info["proposal_met_budget"] is False
     assert info["budget_met"] is True
@@ -189,25 +204,25 @@ def test_budget_is_met_after_enforcement_with_haqs_loop(problem):
     np.testing.assert_array_equal(info["a_bits"], a)
 
 
-def test_policy_within_budget_is_left_alone(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_policy_within_budget_is_left_alone(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     _, _, info = run_episode(env, lambda t: 0.2)  # 3 bits everywhere: ~0.4 of 8-bit latency
     assert info["proposal_met_budget"] is True
     np.testing.assert_array_equal(info["w_bits"], info["proposed_w_bits"])
     np.testing.assert_array_equal(info["a_bits"], info["proposed_a_bits"])
 
 
-def test_reward_is_zero_until_the_last_step_then_a_tenth_of_the_accuracy_change_in_points(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_reward_is_zero_until_the_last_step_then_a_tenth_of_the_accuracy_change_in_points(problem, ledger, ws):
+    env = MixedPrecisionEnv(problem, ledger)
     _, rewards, info = run_episode(env, lambda t: 0.6)
     assert rewards[:-1] == [0.0] * (len(rewards) - 1)
-    expected = 0.1 * (100 * info["accuracy"] - 100 * problem.fp32_accuracy("val"))
+    expected = 0.1 * (100 * info["accuracy"] - 100 * ledger.fp32_accuracy("val"))
     assert rewards[-1] == pytest.approx(expected)
-    assert info["accuracy"] == problem.evaluator.evaluate(info["w_bits"], info["a_bits"], "val")
+    assert info["accuracy"] == ws.evaluator.evaluate(info["w_bits"], info["a_bits"], "val")
 
 
-def test_info_carries_policy_accuracy_every_cost_and_budget_state(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_info_carries_policy_accuracy_every_cost_and_budget_state(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     _, _, info = run_episode(env, lambda t: 0.5)
     cost = problem.cost(info["w_bits"], info["a_bits"])
     assert info["latency_ms"] == cost.latency_ms and info["energy_mj"] == cost.energy_mj
@@ -219,16 +234,17 @@ def test_info_carries_policy_accuracy_every_cost_and_budget_state(problem):
 
 def test_each_episode_is_one_counted_evaluation_up_to_the_limit(ws):
     problem = make_problem(SearchConfig(hardware="bismo-edge", method="rl", max_evaluations=2), ws)
-    env = MixedPrecisionEnv(problem=problem)
+    ledger = open_ledger(problem, ws, get_method("rl"))
+    env = MixedPrecisionEnv(problem, ledger)
     run_episode(env, lambda t: 0.5)
     run_episode(env, lambda t: 0.4)
-    assert problem.evaluations == 2
+    assert ledger.evaluations == 2
     with pytest.raises(EvaluationLimitReached):
         run_episode(env, lambda t: 0.3)
 
 
-def test_environment_is_deterministic(problem):
-    env = MixedPrecisionEnv(problem=problem)
+def test_environment_is_deterministic(problem, ledger):
+    env = MixedPrecisionEnv(problem, ledger)
     acts = np.random.default_rng(1).uniform(size=2 * problem.n_layers)
     first = run_episode(env, lambda t: acts[t])
     second = run_episode(env, lambda t: acts[t])

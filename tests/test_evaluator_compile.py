@@ -17,7 +17,7 @@ from torch import nn
 from haq.data import DataSplits, Split
 from haq.quant.evaluator import Evaluator
 from haq.quant.runner import graphs_compiled
-from haq.quant.scheme import QuantScheme
+from haq.scheme import QuantScheme
 
 pytestmark = pytest.mark.slow
 

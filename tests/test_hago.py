@@ -7,17 +7,16 @@ evaluation limits are kept small so the file runs in well under a minute on 2 co
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import numpy as np
 import pytest
 
-from haq.api import SearchConfig, prepare, search
-from haq.budget import CostModel
+import haq.methods.hago as hago
+from haq.api import prepare, search
+from haq.config import SearchConfig
+from haq.costs import CostModel
 from haq.errors import ConfigError, SearchError
-from haq.search.base import parse_bits_str
-
-hago = sys.modules.get("haq.search.hago") or __import__("haq.search.hago", fromlist=["x"])
+from haq.history import parse_bits_str
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +167,7 @@ def test_bad_options_say_what_to_use(kwargs, match):
 
 
 def test_quantile_threshold_maps_to_a_percentile_calibrator():
-    from haq.quant.scheme import QuantScheme
+    from haq.scheme import QuantScheme
 
     s = hago.hago_scheme(QuantScheme(), hago.HagoOptions(threshold="quantile:0.9999", calibration_images=None))
     assert s.calibration == "percentile:99.99" and s.calibration_images is None

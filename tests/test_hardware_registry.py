@@ -8,11 +8,12 @@ import pytest
 import torchvision
 
 from haq.bits import ALL_BITS, INT_BITS, slot
-from haq.budget import CostModel
+from haq.costs import CostModel
 from haq.digits_models import DigitsMobileNet
 from haq.errors import UnknownNameError
 from haq.layers import describe
-from haq.simulators import HARDWARE, CostTable, HardwareModel, get_hardware, list_hardware
+from haq.costs import CostTable
+from haq.simulators import HARDWARE, HardwareModel, get_hardware, list_hardware
 
 ANALYTIC = ("bitfusion", "bismo-edge", "bismo-cloud")
 MEASURED_WITHOUT_PROFILING = ("gpu-h100",)  # `cpu` profiles on demand: tested in test_measured_hardware

@@ -23,12 +23,15 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from haq.api import SearchConfig, prepare, search
-from haq.budget import Budget, CostModel
+from haq.api import prepare, search
+from haq.budget import Budget
+from haq.config import SearchConfig
+from haq.costs import CostModel
 from haq.errors import BudgetError, ConfigError, SearchError
-from haq.search.hawq import PUBLISHED_BITS, HawqOptions, published_ilp, published_objective
-from haq.search.hessian import TraceSettings, hutchinson_traces, layer_traces
-from haq.search.ilp import BudgetRow, MultipleChoiceIlp
+from haq.methods.hawq import HawqOptions
+from haq.methods.hawq.hessian import TraceSettings, hutchinson_traces, layer_traces
+from haq.methods.hawq.ilp import BudgetRow, MultipleChoiceIlp
+from haq.methods.hawq.published import PUBLISHED_BITS, published_ilp, published_objective
 
 PUBLISHED = json.loads((Path(__file__).parent / "data" / "hawq_ilp_published.json").read_text())["models"]
 CONFIGS = [(m, c) for m in PUBLISHED for c in PUBLISHED[m]["expected"]]

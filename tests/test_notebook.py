@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from haq.api import SearchConfig
+from haq.config import SearchConfig
 from haq.runs import run_search
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "experiments" / "notebooks" / "analyse_policy.ipynb"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from haq.api import SearchConfig, make_problem, prepare
-from haq.search import get_method, run_method
+from haq.api import prepare
+from haq.config import SearchConfig
+from tests.conftest import solve
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +17,8 @@ def workspace():
 def _run(workspace, seed=0, n=24):
     cfg = SearchConfig(hardware="bismo-edge", budget=("latency=0.6",), method="pareto", seed=seed, max_evaluations=n,
                        options={"population_size": 8})
-    problem = make_problem(cfg, workspace)
-    spec = get_method("pareto")
-    return problem, run_method(problem, spec, spec.options_type(population_size=8))
+    problem, _, result = solve(cfg, workspace)
+    return problem, result
 
 
 def test_pareto_returns_a_non_dominated_front_and_a_feasible_best(workspace):

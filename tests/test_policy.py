@@ -11,8 +11,8 @@ import torchvision
 from haq.errors import PolicyError
 from haq.layers import describe
 from haq.policy import Policy, parse_policy
-from haq.quant.scheme import QuantScheme
-from haq.simulators import get_hardware
+from haq.scheme import QuantScheme
+from haq.simulators import check_policy_bits, get_hardware
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_schema_violations_say_where(tmp_path, layers):
 def test_bits_the_hardware_cannot_run_are_refused_with_the_fix(layers):
     p = Policy.uniform(layers, 3, 8)
     with pytest.raises(PolicyError, match="bitfusion runs 2, 4 or 8 bits .* got w_bits=3 for layer conv1 - use --round-up to map to 4"):
-        p.matched_to(layers, get_hardware("bitfusion"))
+        check_policy_bits(get_hardware("bitfusion"), layers, p.w_bits, p.a_bits)
 
 
 @pytest.mark.parametrize("text", ["uniform:", "uniform:w4", "uniform:abc", "uniform:w4a8x"])

@@ -17,10 +17,10 @@ from torch import nn
 from haq.data import DataSplits, Split
 from haq.quant.calibration import ActivationStats, calibrate, collect_stats
 from haq.quant.evaluator import Evaluator
-from haq.quant.fold import fold_batchnorm
+from haq.fold import fold_batchnorm
 from haq.quant.qlayer import QuantLayer
 from haq.quant.quantizers import activation_params, quantize_weight
-from haq.quant.scheme import QuantScheme
+from haq.scheme import QuantScheme
 
 
 @pytest.fixture(scope="module")

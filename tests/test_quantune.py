@@ -17,27 +17,26 @@ import torch
 import torchvision
 
 from haq.errors import ConfigError, DataError
-from haq.quant.scheme import QuantScheme
-from haq.search.base import EvaluationLimitReached
-from haq.search.quantune_arch import (
+from haq.scheme import QuantScheme
+from haq.methods.quantune.arch import (
     REFERENCE_ARCHITECTURES,
     REFERENCE_TORCHVISION,
     ArchFeatures,
     architecture_features,
 )
-from haq.search.quantune_space import ConfigEncoder, QuantuneConfig, global_configs
-from haq.search.quantune_table import (
-    PAPER_FP32_TOP1,
+from haq.methods.quantune.published import (
     decode_genome,
     genetic_on_table,
     grid_on_table,
     grid_order,
-    load_reference_table,
     quantune_on_table,
     random_on_table,
     trials_to,
 )
-from haq.search.surrogate import Observations, SurrogateOptions, search_finite, select
+from haq.methods.quantune.space import ConfigEncoder, QuantuneConfig, global_configs
+from haq.methods.quantune.surrogate import Observations, SurrogateOptions, search_finite, select
+from haq.methods.quantune.table import PAPER_FP32_TOP1, load_reference_table
+from haq.problem import EvaluationLimitReached
 
 from .conftest import DATA
 
@@ -292,7 +291,7 @@ class FakeEvaluator:
                  bit_weight: float = 1.0):
         self.scheme = scheme
         self.bit_weight = bit_weight  #: 0 = accuracy depends on the scheme only
-        self.data = type("Data", (), {"calib": range(100)})()
+        self.calibration_split = range(100)
         self._family = family if family is not None else {scheme: self}
         self.log = log if log is not None else []
 
@@ -306,6 +305,9 @@ class FakeEvaluator:
         bonus = 0.02 * (s.weight_mode == "asymmetric") + 0.01 * (s.calibration == "entropy") + 0.01 * (s.calibration_images == 100)
         return float(0.90 + bonus - self.bit_weight * (0.002 * np.sum(8 - w) + 0.004 * np.sum(8 - a)))
 
+    def accuracies(self, policies, split: str = "val") -> list[float]:
+        return [self.with_scheme(scheme).evaluate(w, a, split) for w, a, scheme in policies]
+
     def fp32_accuracy(self, split: str = "val") -> float:
         return 0.99
 
@@ -315,26 +317,29 @@ class FakeEvaluator:
 
 @pytest.fixture(scope="module")
 def ws():
-    from haq.api import SearchConfig, prepare
+    from haq.api import prepare
+    from haq.config import SearchConfig
 
     return prepare(SearchConfig(model="digits-mobilenet", hardware="bitfusion"))
 
 
 def fake_run(ws, seed: int = 0, evaluations: int = 12, budget: str = "latency=0.6", bit_weight: float = 1.0, **options):
-    from haq.api import SearchConfig, make_problem
-    from haq.search import get_method, run_method
-    from haq.search.quantune import QuantuneOptions
+    from haq.api import make_problem
+    from haq.config import SearchConfig
+    from haq.ledger import Ledger
+    from haq.methods import get_method, run_method
+    from haq.methods.quantune import QuantuneOptions
 
     cfg = SearchConfig(method="quantune", budget=(budget,), seed=seed, max_evaluations=evaluations)
     problem = make_problem(cfg, ws)
-    problem.evaluator = FakeEvaluator(bit_weight=bit_weight)
-    result = run_method(problem, get_method("quantune"), QuantuneOptions(**options))
-    return problem, result
+    ledger = Ledger(problem, FakeEvaluator(bit_weight=bit_weight), method="quantune")
+    result = run_method(get_method("quantune"), problem, ledger, QuantuneOptions(**options))
+    return ledger, result
 
 
 def test_quantune_is_registered_with_its_options():
-    from haq.search import get_method
-    from haq.search.quantune import QuantuneOptions
+    from haq.methods import get_method
+    from haq.methods.quantune import QuantuneOptions
 
     spec = get_method("quantune")
     assert spec.options_type is QuantuneOptions
@@ -345,23 +350,24 @@ def test_quantune_is_registered_with_its_options():
 
 
 def test_method_measures_feasible_distinct_configurations_up_to_the_limit(ws):
-    problem, result = fake_run(ws, evaluations=12)
+    ledger, result = fake_run(ws, evaluations=12)
+    problem = ledger.problem
     assert result.evaluations == len(result.history) == 12 == len(result.extras["schemes"])
-    assert all(t.feasible for t in problem.trials), "candidates are filtered by the budget before measuring"
-    measured = [entry for entry in problem.evaluator.log if entry[3] == "val"]
+    assert all(t.feasible for t in ledger.trials), "candidates are filtered by the budget before measuring"
+    measured = [entry for entry in ledger.model.log if entry[3] == "val"]
     assert len(measured) == len(set(measured)) == 12, "no configuration measured twice"
-    for t in problem.trials:
+    for t in ledger.trials:
         assert all(t.w_bits[i] == 8 and t.a_bits[i] == 8 for i in problem.pinned)
         assert all(int(b) in problem.choices[i] for i, b in enumerate(t.w_bits))
 
 
 def test_method_returns_the_best_trial_under_its_own_scheme(ws):
-    problem, result = fake_run(ws, evaluations=12)
-    best = problem.best
+    ledger, result = fake_run(ws, evaluations=12)
+    best = ledger.best
     scheme = QuantScheme.from_dict(result.extras["schemes"][best.index])
     assert result.extras["best_scheme"] == scheme.to_dict()
     assert result.best_policy.quant == scheme, "policy.json carries the best configuration's scheme"
-    test_calls = [e for e in problem.evaluator.log if e[3] == "test"]
+    test_calls = [e for e in ledger.model.log if e[3] == "test"]
     assert test_calls[-1][:3] == (scheme, tuple(best.w_bits.tolist()), tuple(best.a_bits.tolist()))
 
 
@@ -372,16 +378,16 @@ def test_method_same_seed_same_trials(ws):
 
 
 def test_method_without_mixed_bits_searches_uniform_policies_only(ws):
-    problem, result = fake_run(ws, evaluations=10, budget="latency=1.0", mixed=False, epsilon=0.5)
-    for t in problem.trials:
-        free = [i for i in range(problem.n_layers) if i not in problem.pinned]
+    ledger, result = fake_run(ws, evaluations=10, budget="latency=1.0", mixed=False, epsilon=0.5)
+    for t in ledger.trials:
+        free = ledger.problem.free_layers
         assert len(set(t.w_bits[free].tolist())) == 1 and len(set(t.a_bits[free].tolist())) == 1
 
 
 def test_method_learns_the_scheme_that_matters(ws):
     """Bits aside, the fake rewards asymmetric weights, KL clipping and all calibration
     images: once warm, the surrogate's picks should favour them over a random pool member."""
-    problem, result = fake_run(ws, evaluations=30, budget="latency=1.0", bit_weight=0.0, mixed=False)
+    _, result = fake_run(ws, evaluations=30, budget="latency=1.0", bit_weight=0.0, mixed=False)
     late = [QuantScheme.from_dict(s) for s in result.extras["schemes"][15:]]
     share = np.mean([s.weight_mode == "asymmetric" and s.calibration == "entropy" for s in late])
     assert share > 0.5, f"only {share:.0%} of late picks use the rewarded scheme (a random pick: 12.5%)"
@@ -406,12 +412,11 @@ def test_quantune_end_to_end_on_the_embedded_model(ws):
 
 
 def test_a_trial_under_another_scheme_is_recorded_and_the_best_policy_keeps_its_scheme(tmp_path):
-    from haq.api import SearchConfig
-    from haq.quant.scheme import QuantScheme
-    from haq.runs import run_search
+    from haq.api import search
+    from haq.config import SearchConfig
 
     cfg = SearchConfig(method="quantune", hardware="bismo-edge", budget=("latency=0.7",), max_evaluations=6)
-    result = run_search(cfg, tmp_path / "run")
+    result = search(cfg, out=tmp_path / "run")
     history = pd.read_csv(tmp_path / "run" / "history.csv", keep_default_na=False)
     assert "quant" in history.columns and (history["quant"] != "").any()
     best_row = history.loc[history["accuracy"] == result.best_policy.metrics["val_accuracy"]].iloc[0]

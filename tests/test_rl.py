@@ -17,21 +17,26 @@ import pytest
 import scipy.stats
 import torch
 
-from haq.api import SearchConfig, make_problem, method_options, prepare
+from haq.api import make_problem, method_options, open_ledger, prepare, search
+from haq.config import SearchConfig
 from haq.envs.quantization_env import MixedPrecisionEnv
 from haq.errors import ConfigError, RunDirError, SearchError
-from haq.runs import run_search
-from haq.search import get_method, run_method
-from haq.search.ddpg import HAQDDPG, SigmoidActor, Transition, exploration_sigma, truncated_normal
-from haq.search.rl import (
+from haq.ledger import Ledger
+from haq.methods import get_method, run_method
+from haq.methods.rl.agent import HAQDDPG, SigmoidActor, Transition, exploration_sigma, truncated_normal
+from haq.methods.rl.checkpoint import restore, save_checkpoint
+from haq.methods.rl.method import (
     RLOptions,
     SearchInterrupted,
-    _identity,
     _InterruptGuard,
     build_agent,
-    restore,
-    save_checkpoint,
 )
+from haq.methods.rl.method import identity as _identity
+from tests.conftest import solve
+
+
+def run_search(config, out, resume=False, workspace=None, on_trial=None):
+    return search(config, out=out, resume=resume, workspace=workspace, on_trial=on_trial)
 
 ROOT = Path(__file__).resolve().parents[1]
 HW = "bismo-edge"  # latency=0.5 is reachable there with first/last pinned
@@ -53,7 +58,7 @@ def problem_of(ws, episodes: int = 10, seed: int = 0):
 
 
 def agent_of(problem, seed: int = 0, **options) -> HAQDDPG:
-    env = MixedPrecisionEnv(problem=problem)
+    env = MixedPrecisionEnv(problem)
     return build_agent(env, problem.n_layers, RLOptions(**options), np.random.default_rng(seed))
 
 
@@ -213,8 +218,7 @@ def test_zero_episodes_is_refused():
 
 # ----- the search -------------------------------------------------------------------------------
 def run(ws, episodes: int, seed: int = 0, **options):
-    cfg = config(episodes, seed, **options)
-    return run_method(make_problem(cfg, ws), get_method("rl"), method_options(cfg))
+    return solve(config(episodes, seed, **options), ws)[2]
 
 
 def bits(history) -> list[tuple[str, str]]:
@@ -243,7 +247,7 @@ def test_checkpoint_restores_agent_buffer_generator_and_episode_exactly(ws, tmp_
     save_checkpoint(tmp_path / "checkpoint", agent, 0, agent.rng.bit_generator.state, identity)
 
     fresh = agent_of(p, seed=4)
-    assert restore(tmp_path / "checkpoint", fresh, fresh.rng, p, identity) == 0
+    assert restore(tmp_path / "checkpoint", fresh, fresh.rng, open_ledger(p, ws, get_method("rl")), identity) == 0
     sd, sd2 = agent.policy.state_dict(), fresh.policy.state_dict()
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
     opt, opt2 = agent.critic.optimizer.state_dict(), fresh.critic.optimizer.state_dict()
@@ -263,7 +267,7 @@ def test_checkpoint_of_another_search_is_refused(ws, tmp_path):
     save_checkpoint(tmp_path / "checkpoint", agent, 0, agent.rng.bit_generator.state, _identity(p, RLOptions()))
     other = _identity(p, RLOptions(warmup_episodes=5))
     with pytest.raises(RunDirError, match="belongs to another search"):
-        restore(tmp_path / "checkpoint", agent, agent.rng, p, other)
+        restore(tmp_path / "checkpoint", agent, agent.rng, open_ledger(p, ws, get_method("rl")), other)
 
 
 def test_checkpoint_files_are_json_npz_and_an_sb3_zip_without_pickled_buffers(ws, tmp_path):
@@ -300,11 +304,9 @@ def test_sigint_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(ws,
 
 def test_sigterm_while_playing_stops_at_once_with_a_checkpoint_of_the_episode_start(ws, tmp_path):
     cfg = config(6, checkpoint_every=0)
-    p = make_problem(cfg, ws)
-    p.run_dir = tmp_path
-    p.on_trial = lambda t: signal.raise_signal(signal.SIGTERM) if t.index == 2 else None
     with pytest.raises(SearchInterrupted, match="SIGTERM") as info:
-        run_method(p, get_method("rl"), method_options(cfg))
+        solve(cfg, ws, checkpoint_dir=tmp_path / "checkpoint",
+              on_trial=lambda t: signal.raise_signal(signal.SIGTERM) if t.index == 2 else None)
     assert info.value.signum == signal.SIGTERM
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["episode"] == 2
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
@@ -326,21 +328,26 @@ class _NaNAfter:
     def __init__(self, inner, calls: int) -> None:
         self.inner, self.calls, self.scheme = inner, calls, inner.scheme
 
-    def evaluate(self, w, a, split="val"):
-        self.calls -= 1
-        return float("nan") if self.calls < 0 else self.inner.evaluate(w, a, split)
+    def accuracies(self, policies, split="val"):
+        out = []
+        for item in policies:
+            self.calls -= 1
+            out.append(float("nan") if self.calls < 0 else self.inner.accuracies([item], split)[0])
+        return out
 
     def fp32_accuracy(self, split="val"):
         return self.inner.fp32_accuracy(split)
+
+    def with_scheme(self, scheme):
+        return self
 
 
 def test_nan_accuracy_stops_the_search_names_the_episode_and_keeps_a_checkpoint(ws, tmp_path):
     cfg = config(10, checkpoint_every=100)
     p = make_problem(cfg, ws)
-    p.evaluator = _NaNAfter(ws.evaluator, calls=4)
-    p.run_dir = tmp_path
+    ledger = Ledger(p, _NaNAfter(ws.evaluator, calls=4), method="rl", checkpoint_dir=tmp_path / "checkpoint")
     with pytest.raises(SearchError, match=r"RL episode 4: trial 4 \(rl\) measured a non-finite accuracy"):
-        run_method(p, get_method("rl"), method_options(cfg))
+        run_method(get_method("rl"), p, ledger, method_options(cfg))
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["episode"] == 4
 
 
@@ -353,11 +360,11 @@ def test_tensorboard_logging_writes_event_files(ws, tmp_path):
 SCRIPT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
-    from haq.api import SearchConfig
-    from haq.runs import run_search
+    from haq.api import search
+    from haq.config import SearchConfig
     cfg = SearchConfig(hardware="bismo-edge", budget=("latency=0.5",), method="rl", seed=11, max_evaluations=16,
                        options={"warmup_episodes": 3, "checkpoint_every": 2})
-    run_search(cfg, sys.argv[1], resume=len(sys.argv) > 2)
+    search(cfg, out=sys.argv[1], resume=len(sys.argv) > 2)
 """)
 
 

@@ -8,9 +8,14 @@ import os
 import pandas as pd
 import pytest
 
-from haq.api import SearchConfig
+from haq.api import search
+from haq.config import SearchConfig
 from haq.errors import RunDirError
-from haq.runs import HistoryWriter, RunDir, run_search
+from haq.runs import HistoryWriter, RunDir
+
+
+def run_search(config: SearchConfig, out, resume: bool = False):
+    return search(config, out=out, resume=resume)
 
 
 def _cfg(**kw) -> SearchConfig:
@@ -21,7 +26,7 @@ def _cfg(**kw) -> SearchConfig:
 def test_a_search_writes_the_whole_run_directory(tmp_path):
     result = run_search(_cfg(), tmp_path / "run")
     run = tmp_path / "run"
-    for name in ("config.json", "policy.json", "history.csv", "pareto.csv", "summary.md",
+    for name in ("config.json", "policy.json", "history.csv", "pareto.csv", "summary.md", "result.json",
                  "plots/bitwidths.png", "plots/pareto.png", "plots/search.png"):
         assert (run / name).is_file(), name
     assert not (run / ".lock").exists()
@@ -98,3 +103,21 @@ def test_history_writer_drops_rows_a_diverging_rerun_replaces(tmp_path):
     w2(row | {"trial": 1, "w_bits": "2 2"})  # diverged: replaces trial 1
     h = pd.read_csv(path)
     assert list(h["w_bits"]) == ["8 8", "2 2"]
+
+
+def test_a_failed_start_writes_nothing_to_out(tmp_path):
+    from haq.errors import BudgetError
+
+    with pytest.raises(BudgetError, match="below the cheapest reachable"):
+        run_search(_cfg(budget=("latency=0.01",)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    run_search(_cfg(), tmp_path / "run")  # the fixed command then works in the same --out
+
+
+def test_a_finished_run_reads_back_as_its_result(tmp_path):
+    result = run_search(_cfg(), tmp_path / "run")
+    back = RunDir(tmp_path / "run").load_result()
+    assert back.best_policy == result.best_policy
+    assert back.evaluations == result.evaluations and back.repeats == result.repeats
+    cols = ["trial", "w_bits", "a_bits", "accuracy", "latency_ms", "feasible"]
+    assert back.history[cols].equals(result.history[cols])

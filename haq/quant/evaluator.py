@@ -2,7 +2,7 @@
 
 Built once per (model, data, scheme):
 
-1. BatchNorm is folded into the convs (:mod:`haq.quant.fold`).
+1. BatchNorm is folded into the convs (:mod:`haq.fold`).
 2. Every Conv2d/Linear is wrapped in a :class:`~haq.quant.qlayer.QuantLayer` that
    fake-quantizes its input and runs with a swappable weight buffer.
 3. Activation statistics are collected once over the calibration split and cached, in
@@ -34,15 +34,15 @@ import torch
 from torch import nn
 
 from haq.bits import FLOAT_BITS, HALF_BITS, check_bits
-from haq.data import DataSplits
+from haq.data import DataSplits, Split
 from haq.errors import ConfigError
+from haq.fold import fold_batchnorm
 from haq.layers import LayerSpec, describe
 from haq.quant.calibration import ActivationStats, cached_stats, calibrate
-from haq.quant.fold import fold_batchnorm
 from haq.quant.qlayer import pack_activation, wrap_layers
 from haq.quant.quantizers import activation_params, quantize_weight
 from haq.quant.runner import DEFAULT_COMPILE_COST_S, CompileOption, ForwardRunner
-from haq.quant.scheme import QuantScheme
+from haq.scheme import QuantScheme
 
 Bits = Sequence[int] | np.ndarray  #: one bitwidth per layer, in execution order
 
@@ -161,6 +161,20 @@ class Evaluator:
         """Top-1 accuracy in [0, 1] on ``split`` with the given per-layer bitwidths."""
         self.apply(np.asarray(w_bits), np.asarray(a_bits))
         return self._accuracy(split)
+
+    def accuracies(self, policies: Sequence[tuple[Bits, Bits, QuantScheme]], split: str = "val") -> list[float]:
+        """Top-1 accuracy in [0, 1] on ``split`` of each ``(w_bits, a_bits, scheme)``, one
+        after another (the :class:`haq.problem.Measures` protocol)."""
+        out = []
+        for w, a, scheme in policies:
+            ev = self if scheme == self.scheme else self.with_scheme(scheme)
+            out.append(ev.evaluate(w, a, split))
+        return out
+
+    @property
+    def calibration_split(self) -> Split:
+        """The calibration images and labels (activation ranges, Hessians; never val/test)."""
+        return self.data.calib
 
     def evaluate_policy(self, policy, split: str = "val") -> float:  # noqa: ANN001 - Policy
         if policy.quant != self.scheme:

@@ -13,7 +13,7 @@ Source: mit-han-lab/haq ``lib/rl/ddpg.py``, ``lib/rl/memory.py``, ``rl_quantize.
 | batches drawn without replacement                    | ``np.random`` with replacement       | :class:`HAQReplayBuffer` (the search's Generator) |
 | final reward in every transition, one gradient step per transition at episode end | per-step rewards, ``train_freq`` | :meth:`HAQDDPG.observe_episode` |
 | truncated normal exploration σ = 0.5·0.99^(episode−warm-up) | additive action noise         | :func:`exploration_sigma`, :func:`truncated_normal` |
-| warm-up episodes of uniform random actions           | ``learning_starts`` steps            | the episode loop (:mod:`haq.search.rl`) |
+| warm-up episodes of uniform random actions           | ``learning_starts`` steps            | the episode loop (:mod:`haq.methods.rl.method`) |
 
 Everything else (networks, optimizers, Polyak updates, the replay buffer's storage, the
 logger, ``save``/``set_parameters``) is SB3's own. SB3's ``learn()`` is not used: HAQ writes
@@ -224,7 +224,7 @@ class HAQDDPG(DDPG):
             replay_buffer_class=HAQReplayBuffer,
             policy_kwargs={"net_arch": {"pi": list(hidden), "qf": list(hidden)}},
             device=device,
-            seed=None,  # seeded by the caller through torch.manual_seed (see haq.search.rl)
+            seed=None,  # seeded by the caller through torch.manual_seed (see haq.methods.rl.method.build_agent)
         )
         self.critic_lr = float(critic_lr)
         for group in self.critic.optimizer.param_groups:

@@ -6,13 +6,13 @@ amirgholami/PyHessian.
 
 Steps:
 
-1. **Traces** (:mod:`haq.search.hessian`): ``T_i = Tr(H_i) / n_i`` per quantizable layer of
+1. **Traces** (:mod:`haq.methods.hawq.hessian`): ``T_i = Tr(H_i) / n_i`` per quantizable layer of
    the BN-folded float model on the calibration split (Hutchinson, cached).
 2. **Sensitivity**: ``Omega_i(b) = T_i * ||Q_b(W_i) - W_i||^2`` (squared L2, not divided
    by n_i), with the evaluator's own weight quantizer. Negative trace estimates (a
    non-convex direction, or noise on a flat layer) are used by magnitude, so a layer is
    never *rewarded* for a larger error.
-3. **ILP** (:mod:`haq.search.ilp`): one option per layer minimising ``sum Omega``, one
+3. **ILP** (:mod:`haq.methods.hawq.ilp`): one option per layer minimising ``sum Omega``, one
    ``<=`` row per budget item - size ``sum P_i*b/8``, BOPs ``sum MACs_i*b_w*b_a``,
    latency/energy from the hardware model's per-layer table (all additive per layer) -
    layers reading the same input tensor (a block's conv1 and its downsample conv) get
@@ -52,13 +52,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from haq.bits import slots
-from haq.errors import ConfigError, SearchError
+from haq.errors import ConfigError, HardwareError, SearchError
+from haq.ledger import Ledger
+from haq.methods.base import MethodSpec
+from haq.methods.hawq.hessian import LayerTraces, TraceSettings, layer_traces
+from haq.methods.hawq.ilp import BudgetRow, IlpSolution, MultipleChoiceIlp
+from haq.methods.options import option
+from haq.problem import ModelAccess, Proposal, SearchProblem
 from haq.quant.quantizers import activation_params, fake_quantize
-from haq.search import register_method
-from haq.search.base import MethodSpec, SearchProblem
-from haq.search.hessian import LayerTraces, TraceSettings, layer_traces
-from haq.search.ilp import BudgetRow, IlpSolution, MultipleChoiceIlp
 
 ACTIVATION_MODES = ("tied", "independent")
 _UNITS = {"latency": "ms", "energy": "mJ", "size": "MiB", "bops": "GBOPs"}
@@ -66,30 +67,16 @@ _UNITS = {"latency": "ms", "energy": "mJ", "size": "MiB", "bops": "GBOPs"}
 
 @dataclass(frozen=True)
 class HawqOptions:
-    """Options of the HAWQ-V3 searcher.
+    """Options of the HAWQ-V3 searcher (the ILP's alternatives are measured as one batch)."""
 
-    Attributes:
-        activation: ``tied`` (a_bits = w_bits, HAWQ-V3) or ``independent`` (own a_bits,
-            activation-noise term added; see the module docstring).
-        alternatives: next-best ILP solutions measured with spare evaluations (0 = only
-            the optimum; the evaluation limit caps it).
-        hessian_batches: calibration batches averaged per Hessian-vector product.
-        hessian_batch_size: images per Hessian batch.
-        hessian_max_iter: most Hutchinson probes (PyHessian: 100).
-        hessian_tol: relative change of every layer's running mean that stops the probes
-            (PyHessian: 1e-3).
-        use_cache: read/write traces from/to the cache folder.
-        time_limit_s: HiGHS limit per ILP solve, seconds.
-    """
-
-    activation: str = "tied"
-    alternatives: int = 4
-    hessian_batches: int = 1
-    hessian_batch_size: int = 256
-    hessian_max_iter: int = 100
-    hessian_tol: float = 1e-3
-    use_cache: bool = True
-    time_limit_s: float = 60.0
+    activation: str = option("tied", "tied (a_bits = w_bits, HAWQ-V3) or independent (own a_bits, activation-noise term added)")
+    alternatives: int = option(4, "next-best ILP solutions measured with spare evaluations (0 = only the optimum)")
+    hessian_batches: int = option(1, "calibration batches averaged per Hessian-vector product")
+    hessian_batch_size: int = option(256, "images per Hessian batch")
+    hessian_max_iter: int = option(100, "most Hutchinson probes (PyHessian: 100)")
+    hessian_tol: float = option(1e-3, "relative change of every layer's running mean that stops the probes (PyHessian: 1e-3)")
+    use_cache: bool = option(True, "read/write Hessian traces from/to the cache folder")
+    time_limit_s: float = option(60.0, "HiGHS time limit per ILP solve, seconds")
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATION_MODES:
@@ -98,6 +85,10 @@ class HawqOptions:
             raise ConfigError(f"hawq alternatives={self.alternatives}: must be >= 0")
         if self.time_limit_s <= 0:
             raise ConfigError(f"hawq time_limit_s={self.time_limit_s}: must be > 0")
+        if self.hessian_batches < 1 or self.hessian_batch_size < 1 or self.hessian_max_iter < 1:
+            raise ConfigError("hawq hessian_batches, hessian_batch_size and hessian_max_iter must be at least 1")
+        if self.hessian_tol <= 0:
+            raise ConfigError(f"hawq hessian_tol={self.hessian_tol}: must be > 0")
 
     @property
     def trace_settings(self) -> TraceSettings:
@@ -127,22 +118,22 @@ def layer_options(choices: tuple[tuple[int, ...], ...], activation: str) -> Opti
     return Options(w, a, valid)
 
 
-def weight_errors(evaluator: Any, n_layers: int, bits: set[int]) -> dict[tuple[int, int], float]:
+def weight_errors(model: ModelAccess, n_layers: int, bits: set[int]) -> dict[tuple[int, int], float]:
     """``||Q_b(W_i) - W_i||^2`` for every layer and bitwidth, with the evaluator's quantizer."""
     out = {}
     for i in range(n_layers):
-        w = evaluator.float_weight(i)
+        w = model.float_weight(i)
         for b in bits:
-            out[(i, b)] = float(((evaluator.quantized_weight(i, b) - w) ** 2).sum())
+            out[(i, b)] = float(((model.quantized_weight(i, b) - w) ** 2).sum())
     return out
 
 
 @torch.no_grad()
-def activation_noise(evaluator: Any, names: list[str], bits: set[int], images: torch.Tensor) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
+def activation_noise(access: ModelAccess, names: list[str], bits: set[int], images: torch.Tensor) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
     """Per layer input: its mean square ``E[x^2]`` ``(L,)`` and the fake-quantization MSE
     ``E[(Q_a(x) - x)^2]`` at each bitwidth (calibrated ranges of the evaluator)."""
-    model = evaluator.folded_model().eval()
-    mode = evaluator.scheme.activation_mode
+    model = access.folded_model().eval()
+    mode = access.scheme.activation_mode
     L = len(names)
     sq = np.zeros(L)
     err: dict[tuple[int, int], float] = {(i, b): 0.0 for i in range(L) for b in bits}
@@ -151,7 +142,7 @@ def activation_noise(evaluator: Any, names: list[str], bits: set[int], images: t
     for i in range(L):
         for b in bits:
             if b < 16:
-                lo, hi = evaluator.activation_range(i, b)
+                lo, hi = access.activation_range(i, b)
                 s, z, qlo, qhi = activation_params(lo, hi, b, mode)
                 params[(i, b)] = tuple(torch.tensor(v) for v in (s, z, qlo, qhi))
 
@@ -179,10 +170,10 @@ def activation_noise(evaluator: Any, names: list[str], bits: set[int], images: t
 
 
 def sensitivity_table(
-    problem: SearchProblem, traces: LayerTraces, opts: Options, activation: str, images: torch.Tensor | None = None
+    problem: SearchProblem, ev: ModelAccess, traces: LayerTraces, opts: Options, activation: str,
+    images: torch.Tensor | None = None,
 ) -> np.ndarray:
     """``Omega[i, k]`` (L, K) of every option (NaN where invalid); see the module docstring."""
-    ev: Any = problem.evaluator
     L = problem.n_layers
     T = np.abs(traces.normalized)
     bits = {int(b) for c in problem.choices for b in c}
@@ -204,26 +195,24 @@ def sensitivity_table(
 def budget_rows(problem: SearchProblem, opts: Options) -> list[BudgetRow]:
     """One ``<=`` row per budget item, in the budget's own unit (additive per layer)."""
     rows = []
-    layers = problem.layers
+    costs = problem.costs
     bad = ~opts.valid
     for key, limit in problem.budget.limits.items():
         if key == "size":
-            params = np.array([s.params for s in layers], dtype=np.float64)[:, None]
-            coef = params * opts.w / 8 / 2**20
-            limit = limit - 4.0 * sum(s.bias_params for s in layers) / 2**20  # float32 biases: constant
+            coef = costs.layer_size_mib(opts.w)
+            limit = limit - costs.bias_mib  # float32 biases: constant
         elif key == "bops":
-            macs = np.array([s.macs for s in layers], dtype=np.float64)[:, None]
-            coef = macs * opts.w * opts.a / 1e9
+            coef = costs.layer_bops_g(opts.w, opts.a)
         else:
-            table = problem.costs.table
-            arr = None if table is None else (table.latency_ms if key == "latency" else table.energy_mj)
-            if arr is None:
+            try:
+                if costs.table is None:
+                    raise HardwareError("no hardware table")
+                coef = costs.table.options(key, np.where(opts.valid, opts.w, 8), np.where(opts.valid, opts.a, 8))
+            except HardwareError:
                 raise SearchError(
-                    f"hawq cannot express the {key} budget on {problem.hardware.name}: the hardware model gives no "
+                    f"hawq cannot express the {key} budget on {problem.hardware}: the hardware model gives no "
                     f"per-layer {key} table; budget size or bops instead"
-                )
-            rows_idx = np.arange(len(layers))[:, None]
-            coef = arr[rows_idx, slots(np.where(opts.valid, opts.w, 8)), slots(np.where(opts.valid, opts.a, 8))]
+                ) from None
         coef = np.where(bad, np.nan, coef.astype(np.float64))
         rows.append(BudgetRow(key, coef, float(limit), _UNITS[key]))
     return rows
@@ -244,7 +233,7 @@ def pinned_options(problem: SearchProblem, opts: Options) -> dict[int, int]:
     for i in problem.pinned:
         hit = np.flatnonzero(opts.valid[i] & (opts.w[i] == hi_w[i]) & (opts.a[i] == hi_a[i]))
         if not hit.size:
-            raise SearchError(f"pinned layer {problem.layers[i].name} cannot run {hi_w[i]} bits on {problem.hardware.name}")
+            raise SearchError(f"pinned layer {problem.layers[i].name} cannot run {hi_w[i]} bits on {problem.hardware}")
         out[int(i)] = int(hit[0])
     return out
 
@@ -252,17 +241,14 @@ def pinned_options(problem: SearchProblem, opts: Options) -> dict[int, int]:
 def budget_alpha(problem: SearchProblem) -> tuple[dict[str, float], tuple[int, int]]:
     """Each budget item as HAWQ's alpha: ``(limit - cost(all-lo)) / (cost(all-8) - cost(all-lo))``
     with lo = 4 (or the lowest choice where 4 is not offered); pinned layers at 8 in both."""
-    hi_w, _ = problem.max_policy()
-    free = [i for i in range(problem.n_layers) if i not in problem.pinned]
+    free = problem.free_layers
     lo_bits, hi_bits = 4, 8
     if free and not all(4 in problem.choices[i] for i in free):
         lo_bits = min(min(problem.choices[i]) for i in free)
     if free and not all(8 in problem.choices[i] for i in free):
         hi_bits = max(max(problem.choices[i]) for i in free)
-    lo = hi_w.copy()
-    hi = hi_w.copy()
-    lo[free] = lo_bits
-    hi[free] = hi_bits
+    lo, _ = problem.uniform_policy(lo_bits)
+    hi, _ = problem.uniform_policy(hi_bits)
     c_lo, c_hi = problem.cost(lo, lo), problem.cost(hi, hi)
     alpha = {}
     for key, limit in problem.budget.limits.items():
@@ -272,51 +258,40 @@ def budget_alpha(problem: SearchProblem) -> tuple[dict[str, float], tuple[int, i
     return alpha, (lo_bits, hi_bits)
 
 
-def _evaluator_or_error(problem: SearchProblem) -> Any:
-    ev = problem.evaluator
-    need = ("folded_model", "float_weight", "quantized_weight", "activation_range", "data")
-    missing = [n for n in need if not hasattr(ev, n)]
-    if missing:
-        raise SearchError(
-            f"hawq needs the model's weights and calibration data (haq.quant.Evaluator); this evaluator "
-            f"({type(ev).__name__}) has no {missing[0]}"
-        )
-    return ev
-
-
-def run_hawq(problem: SearchProblem, options: HawqOptions) -> dict[str, Any]:
-    ev = _evaluator_or_error(problem)
+def run_hawq(problem: SearchProblem, ledger: Ledger, options: HawqOptions) -> dict[str, Any]:
+    ev = ledger.model
     names = [s.name for s in problem.layers]
     settings = options.trace_settings
     settings = TraceSettings(settings.batches, settings.batch_size, settings.max_iter, settings.tol, problem.seed)
     opts = layer_options(problem.choices, options.activation)
     rows, fixed = budget_rows(problem, opts), pinned_options(problem, opts)  # cheap errors before the Hessian
-    calib = ev.data.calib
+    calib = ev.calibration_split
     traces = layer_traces(ev.folded_model(), names, calib.x, calib.y, settings, use_cache=options.use_cache)
     images = calib.x[: traces.images] if options.activation == "independent" else None
-    omega = sensitivity_table(problem, traces, opts, options.activation, images)
+    omega = sensitivity_table(problem, ev, traces, opts, options.activation, images)
     ilp = MultipleChoiceIlp(
         omega, rows, ties=input_ties(problem), labels=opts.a, fixed=fixed, time_limit_s=options.time_limit_s
     )
     alpha, ref = budget_alpha(problem)
     layer_idx = np.arange(problem.n_layers)
-    solutions: list[dict[str, Any]] = []
+    found: list[tuple[int, IlpSolution]] = []
     ilp_seconds = 0.0
-    for n in range(1 + options.alternatives):
-        if problem.remaining <= 0:
-            break
+    # The ILP's solutions do not depend on measured accuracy: find them all, measure one batch.
+    for n in range(min(1 + options.alternatives, ledger.remaining)):
         try:
-            sol: IlpSolution = ilp.solve()
+            sol = ilp.solve()
         except SearchError:
             if n == 0:
                 raise
             break  # no further distinct solution within the budget
         ilp_seconds += sol.seconds
         ilp.exclude(sol.choice)
-        w, a = opts.w[layer_idx, sol.choice], opts.a[layer_idx, sol.choice]
-        trial = problem.evaluate(w, a)
-        solutions.append({"rank": n, "objective": sol.objective, "status": sol.status, "trial": trial.index,
-                          "accuracy": trial.accuracy, "feasible": trial.feasible})
+        found.append((n, sol))
+    trials = ledger.evaluate_many([
+        Proposal(opts.w[layer_idx, sol.choice], opts.a[layer_idx, sol.choice]) for _, sol in found
+    ])
+    solutions = [{"rank": n, "objective": sol.objective, "status": sol.status, "trial": t.index,
+                  "accuracy": t.accuracy, "feasible": t.feasible} for (n, sol), t in zip(found, trials, strict=True)]
     return {
         "activation": options.activation,
         "traces": traces.normalized.tolist(),
@@ -331,52 +306,7 @@ def run_hawq(problem: SearchProblem, options: HawqOptions) -> dict[str, Any]:
     }
 
 
-# ----- HAWQ-V3's released ILP, from its published inputs (reproduction) -----------------------
-PUBLISHED_BITS = (4, 8)  #: option 0 = 4 bits, option 1 = 8 bits
-_PUBLISHED_KINDS = ("modelsize", "bops", "latency")
-
-
-def published_ilp(inputs: dict[str, Any], config: str) -> MultipleChoiceIlp:
-    """The ILP of Zhen-Dong/HAWQ ``ILP.ipynb`` for one shipped configuration.
-
-    ``inputs`` is one model of ``hawq_ilp_published.json`` (traces already divided by the
-    parameter count, deltas ``||Q(W)-W||^2``, parameters in millions, bops = MACs/1e6,
-    T4 latencies); ``config`` is ``{modelsize,bops,latency}_{alpha}``. The notebook's units:
-    size ``params * b/8`` (its ``0.5 * x * params`` with x = 1 or 2), BOPs ``bops * (b/32)^2``
-    (``bops/64`` at 4 bits, ``bops/16`` at 8), latency the measured int4/int8 table; budget
-    ``cost(all-4) + alpha * (cost(all-8) - cost(all-4))``; ties force equal bits.
-    """
-    kind, _, alpha_text = config.rpartition("_")
-    if kind not in _PUBLISHED_KINDS:
-        raise ConfigError(f"published config {config!r}: use {{{','.join(_PUBLISHED_KINDS)}}}_ALPHA, e.g. bops_0.5")
-    alpha = float(alpha_text)
-    trace = np.asarray(inputs["Hutchinson_trace"], dtype=np.float64)
-    d4 = np.asarray(inputs["delta_weights_4bit_square"], dtype=np.float64)
-    d8 = np.asarray(inputs["delta_weights_8bit_square"], dtype=np.float64)
-    params = np.asarray(inputs["parameters"], dtype=np.float64)
-    bops = np.asarray(inputs["bops"], dtype=np.float64)
-    table = {
-        "modelsize": np.stack([params * 4 / 8, params * 8 / 8], axis=1),
-        "bops": np.stack([bops * (4 / 32) ** 2, bops * (8 / 32) ** 2], axis=1),
-        "latency": np.stack([inputs["latency_int4"], inputs["latency_int8"]], axis=1).astype(np.float64),
-    }[kind]
-    low, high = table[:, 0].sum(), table[:, 1].sum()
-    return MultipleChoiceIlp(
-        np.stack([trace * d4, trace * d8], axis=1),
-        [BudgetRow(kind, table, float(low + alpha * (high - low)))],
-        ties=[(int(i), int(j)) for i, j in inputs["ties"]],
-        labels=np.broadcast_to(np.array(PUBLISHED_BITS), (len(trace), 2)),
-    )
-
-
-def published_objective(inputs: dict[str, Any], bits: np.ndarray) -> float:
-    """The notebook's objective ``sum trace_i * (d8_i - d4_i) * [bits_i == 8]`` (lower is better)."""
-    trace = np.asarray(inputs["Hutchinson_trace"], dtype=np.float64)
-    diff = np.asarray(inputs["delta_weights_8bit_square"]) - np.asarray(inputs["delta_weights_4bit_square"])
-    return float((trace * diff * (np.asarray(bits) == 8)).sum())
-
-
-register_method(MethodSpec(
+SPEC = MethodSpec(
     name="hawq",
     summary="HAWQ-V3: Hutchinson Hessian traces x weight error, ILP (HiGHS) per budget; next-best ILP solutions with spare evaluations",
     run=run_hawq,
@@ -384,4 +314,4 @@ register_method(MethodSpec(
     min_evaluations=lambda problem: 1,
     default_evaluations=5,
     budget_keys=("latency", "energy", "size", "bops"),
-))
+)

@@ -1,7 +1,7 @@
 """HAQ: reinforcement-learning search with DDPG, hardware cost in the loop (design §7.1).
 
 Source: mit-han-lab/haq ``rl_quantize.py`` (the episode loop), ``lib/rl/ddpg.py`` (the agent,
-here :mod:`haq.search.ddpg`), ``lib/env/linear_quantize_env.py`` (the environment, here
+here :mod:`haq.methods.rl.agent`), ``lib/env/linear_quantize_env.py`` (the environment, here
 :class:`haq.envs.quantization_env.MixedPrecisionEnv`).
 
 One episode = one policy = one evaluation: the agent picks weight then activation bits for
@@ -10,7 +10,11 @@ reward. Warm-up episodes act uniformly at random; later ones sample a truncated 
 around the actor's action whose width decays per episode. At the end of an episode its
 transitions enter the replay buffer with the final reward, each followed by one gradient
 step. The best policy is the most accurate feasible one (= highest reward), re-measured on
-the test split by :func:`haq.search.base.run_method`.
+the test split by :func:`haq.methods.base.run_method`.
+
+``episodes_per_update`` > 1 plays that many episodes with the same actor (no learning between
+them), measures their policies as one batch (several workers at once, with an evaluation
+pool), then learns from each in order. The default, 1, is HAQ's loop.
 
 Differences from the reference loop, all deliberate: warm-up is episodes ``0 ..
 warmup-1`` (the reference's ``episode <= warmup`` acts randomly for ``warmup + 1`` episodes and
@@ -19,26 +23,17 @@ reference's sequential memory needs one to give the last step a next state, SB3'
 stores next states); the reward is held-out accuracy without finetuning (see the
 environment).
 
-Checkpoints (``<run>/checkpoint/``) are written every ``checkpoint_every`` episodes, at the
-end, and when the search is interrupted (SIGINT/SIGTERM, or a non-finite accuracy):
-``state.json`` (episode counter, generator state, reward baseline, what the checkpoint
-belongs to) names ``agent-<episode>.zip`` (SB3 ``save``; read back with
-``set_parameters``, which loads only tensors, with ``weights_only=True``) and
-``replay-<episode>.npz`` (the buffer's arrays, loaded with ``allow_pickle=False``). Nothing is
-unpickled. ``state.json`` is written last, so a crash mid-checkpoint leaves the previous one.
-Resuming rebuilds the agent from the seed, loads the checkpoint, re-enters the episodes
-before it from ``history.csv`` without re-measuring them, and continues: the result equals
-an uninterrupted run with the same seed.
+Checkpoints (:mod:`haq.methods.rl.checkpoint`) are written every ``checkpoint_every``
+episodes, at the end, and when the search is interrupted. Resuming rebuilds the agent from
+the seed, loads the checkpoint, re-enters the episodes before it from ``history.csv`` without
+re-measuring them, and continues: the result equals an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import signal
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -47,38 +42,44 @@ from typing import Any
 import numpy as np
 import torch
 
-from haq.atomic import atomic_write_bytes, atomic_write_json
-from haq.errors import ConfigError, RunDirError, SearchError
-from haq.search import register_method
-from haq.search.base import MethodSpec, SearchProblem, parse_bits_str
-from haq.search.ddpg import HAQDDPG, Transition, exploration_sigma, truncated_normal
+from haq.errors import ConfigError, SearchError
+from haq.ledger import Ledger
+from haq.methods.base import MethodSpec
+from haq.methods.options import option
+from haq.methods.rl.agent import HAQDDPG, Transition, exploration_sigma, truncated_normal
+from haq.methods.rl.checkpoint import restore, save_checkpoint
+from haq.problem import Proposal, SearchProblem
 
-CHECKPOINT_FORMAT = "haq-rl-checkpoint/1"
+#: Episodes (= evaluations) of an RL search when none are given: the embedded 8x8 models
+#: converge well within it; HAQ ran 600 on ImageNet models (``--episodes 600``).
+DEFAULT_EPISODES = 300
 
 
 @dataclass(frozen=True)
 class RLOptions:
     """Options of the ``rl`` method; defaults are HAQ's (``rl_quantize.py`` arguments).
 
-    The number of episodes is the problem's ``max_evaluations`` (``--episodes``).
+    The number of episodes is the problem's ``max_evaluations`` (``--episodes``, default
+    :data:`DEFAULT_EPISODES`).
     """
 
-    warmup_episodes: int = 20  #: episodes of uniform random actions before learning (HAQ --warmup 20)
-    hidden: tuple[int, ...] = (300, 300)  #: hidden widths of actor and critic (HAQ --hidden1/2 300)
-    actor_lr: float = 1e-4  #: Adam learning rate of the actor (HAQ --lr_a)
-    critic_lr: float = 1e-3  #: Adam learning rate of the critic (HAQ --lr_c)
-    tau: float = 0.01  #: Polyak coefficient of the target networks (HAQ --tau)
-    gamma: float = 1.0  #: discount per step (HAQ --discount)
-    batch_size: int = 64  #: transitions per gradient step (HAQ --bsize)
-    replay_per_layer: int = 128  #: replay capacity in transitions per quantizable layer (HAQ --rmsize)
-    sigma_init: float = 0.5  #: exploration width at the first learned episode (HAQ --init_delta)
-    sigma_decay: float = 0.99  #: per-episode decay of the exploration width (HAQ --delta_decay)
-    baseline_alpha: float = 0.5  #: rate of the moving-average reward baseline (HAQ moving_alpha)
-    reward_scale: float = 0.1  #: reward per percent point of accuracy change vs fp32 (HAQ 0.1)
-    checkpoint_every: int = 10  #: episodes between checkpoints; 0 = only at the end and on interrupt
-    tensorboard_dir: str | None = None  #: folder for TensorBoard event files (SB3 logger); None = off
-    device: str = "cpu"  #: torch device of the agent's networks
-    agent_threads: int | None = 1  #: torch threads while the agent computes (tiny nets); None = unchanged
+    warmup_episodes: int = option(20, "episodes of uniform random actions before learning (HAQ --warmup 20)")
+    hidden: tuple[int, ...] = option((300, 300), "hidden widths of actor and critic (HAQ --hidden1/2 300)")
+    actor_lr: float = option(1e-4, "Adam learning rate of the actor (HAQ --lr_a)")
+    critic_lr: float = option(1e-3, "Adam learning rate of the critic (HAQ --lr_c)")
+    tau: float = option(0.01, "Polyak coefficient of the target networks (HAQ --tau)")
+    gamma: float = option(1.0, "discount per step (HAQ --discount)")
+    batch_size: int = option(64, "transitions per gradient step (HAQ --bsize)")
+    replay_per_layer: int = option(128, "replay capacity in transitions per quantizable layer (HAQ --rmsize)")
+    sigma_init: float = option(0.5, "exploration width at the first learned episode (HAQ --init_delta)")
+    sigma_decay: float = option(0.99, "per-episode decay of the exploration width (HAQ --delta_decay)")
+    baseline_alpha: float = option(0.5, "rate of the moving-average reward baseline (HAQ moving_alpha)")
+    reward_scale: float = option(0.1, "reward per percent point of accuracy change vs fp32 (HAQ 0.1)")
+    episodes_per_update: int = option(1, "episodes played with one actor and measured as one batch before learning (1 = HAQ)")
+    checkpoint_every: int = option(10, "episodes between checkpoints; 0 = only at the end and on interrupt")
+    tensorboard_dir: str | None = option(None, "folder for TensorBoard event files (SB3 logger); None = off")
+    device: str = option("cpu", "torch device of the agent's networks")
+    agent_threads: int | None = option(1, "torch threads while the agent computes (tiny nets); None = unchanged")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -95,6 +96,7 @@ class RLOptions:
             ("sigma_decay", 0 < self.sigma_decay <= 1, "in (0, 1]"),
             ("baseline_alpha", 0 <= self.baseline_alpha <= 1, "in [0, 1]"),
             ("reward_scale", self.reward_scale > 0, "> 0"),
+            ("episodes_per_update", self.episodes_per_update >= 1, "an integer >= 1"),
             ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0: only at the end)"),
             ("agent_threads", self.agent_threads is None or self.agent_threads >= 1, "None or an integer >= 1"),
         ]
@@ -180,118 +182,6 @@ class _InterruptGuard:
             raise KeyboardInterrupt
 
 
-# ----- checkpoints ----------------------------------------------------------------------------
-def _identity(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed into ``problem``."""
-    opts = asdict(options)
-    for k in ("checkpoint_every", "tensorboard_dir", "device", "agent_threads"):
-        opts.pop(k)
-    opts["hidden"] = list(options.hidden)
-    return {
-        "model": problem.model_name,
-        "hardware": problem.hardware.name,
-        "layers": [s.name for s in problem.layers],
-        "budget": problem.budget.budget.to_dict(),
-        "seed": int(problem.seed),
-        "options": opts,
-    }
-
-
-def save_checkpoint(folder: Path, agent: HAQDDPG, episode: int, rng_state: Mapping[str, Any],
-                    identity: Mapping[str, Any]) -> None:
-    """Write the agent, replay buffer and loop state as of the start of ``episode``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tag = f"{episode:06d}"
-    buf = io.BytesIO()
-    agent.save(buf)
-    agent_file = atomic_write_bytes(folder / f"agent-{tag}.zip", buf.getvalue()).name
-    buf = io.BytesIO()
-    np.savez(buf, **agent.buffer.state_arrays())  # type: ignore[arg-type]  # numpy stubs read ** as allow_pickle
-    replay_file = atomic_write_bytes(folder / f"replay-{tag}.npz", buf.getvalue()).name
-    atomic_write_json(folder / "state.json", {
-        "format": CHECKPOINT_FORMAT,
-        "episode": int(episode),
-        "agent": agent_file,
-        "replay": replay_file,
-        "rng": rng_state,
-        "reward_baseline": agent.reward_baseline,
-        "n_updates": int(agent._n_updates),
-        **identity,
-    })
-    for old in [*folder.glob("agent-*.zip"), *folder.glob("replay-*.npz")]:
-        if old.name not in (agent_file, replay_file):
-            old.unlink(missing_ok=True)
-
-
-def read_checkpoint(folder: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """``state.json`` of a checkpoint folder (None if there is none), checked against the
-    search it is to be resumed into."""
-    path = folder / "state.json"
-    if not path.is_file():
-        return None
-    import json
-
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunDirError(f"{path} is not valid JSON; delete {folder} to restart the search from its history") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint; delete {folder} to restart the search")
-    for key, want in identity.items():
-        have = state.get(key)
-        if have != want:
-            raise RunDirError(
-                f"checkpoint {folder} belongs to another search ({key} {_show(key, have)}, this one "
-                f"{_show(key, want)}); resume with the settings it was made with or choose another --out"
-            )
-    return state
-
-
-def _show(key: str, value: Any) -> str:
-    if key == "layers" and isinstance(value, list):
-        return f"{len(value)} layers ({value[0] if value else ''} ...)"
-    return repr(value)
-
-
-def _history_rows(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "history.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def restore(folder: Path, agent: HAQDDPG, rng: np.random.Generator, problem: SearchProblem,
-            identity: dict[str, Any]) -> int:
-    """Load the checkpoint in ``folder`` (if any) and re-enter its episodes into ``problem``
-    from history.csv without measuring them. Returns the episode to continue from (0 when
-    there is nothing to resume)."""
-    state = read_checkpoint(folder, identity)
-    if state is None:
-        return 0
-    episode = int(state["episode"])
-    rows = _history_rows(folder.parent)
-    if len(rows) < episode or any(int(r["trial"]) != i for i, r in enumerate(rows[:episode])):
-        return 0  # history shorter than the checkpoint: re-run from the start (replay answers)
-    try:
-        agent.set_parameters(str(folder / state["agent"]), exact_match=True, device=agent.device)
-        with np.load(folder / state["replay"], allow_pickle=False) as arrays:
-            agent.buffer.load_state_arrays(arrays)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise RunDirError(
-            f"checkpoint {folder} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"delete {folder} to restart the search from its history"
-        ) from None
-    agent.reward_baseline = state["reward_baseline"]
-    agent._n_updates = int(state.get("n_updates", 0))
-    rng.bit_generator.state = state["rng"]
-    for row in rows[:episode]:
-        problem.replay[int(row["trial"])] = row
-        problem.evaluate(parse_bits_str(row["w_bits"]), parse_bits_str(row["a_bits"]),
-                         reward=float(row["reward"]) if row.get("reward") not in (None, "") else None)
-    return episode
-
-
 # ----- the method -----------------------------------------------------------------------------
 def _logger(options: RLOptions) -> Any:
     from stable_baselines3.common.logger import Logger, make_output_format
@@ -305,62 +195,91 @@ def _logger(options: RLOptions) -> Any:
     return Logger(folder=str(options.tensorboard_dir), output_formats=[fmt])
 
 
-def run_rl(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
+def identity(problem: SearchProblem, options: RLOptions) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed into ``problem`` (options that change
+    results; not where logs go or how many threads compute)."""
+    opts = asdict(options)
+    for k in ("checkpoint_every", "tensorboard_dir", "device", "agent_threads"):
+        opts.pop(k)
+    opts["hidden"] = list(options.hidden)
+    if options.episodes_per_update == 1:
+        opts.pop("episodes_per_update")  # checkpoints written before the option existed stay valid
+    return {
+        "model": problem.model_name,
+        "hardware": problem.hardware,
+        "layers": [s.name for s in problem.layers],
+        "budget": problem.budget.budget.to_dict(),
+        "seed": int(problem.seed),
+        "options": opts,
+    }
+
+
+def run_rl(problem: SearchProblem, ledger: Ledger, options: RLOptions) -> dict[str, Any]:
     """HAQ's search loop (``rl_quantize.py`` ``train``) on ``problem``; see the module doc."""
     from haq.envs.quantization_env import MixedPrecisionEnv
 
-    env = MixedPrecisionEnv(problem=problem, reward_scale=options.reward_scale)
+    env = MixedPrecisionEnv(problem, reward_scale=options.reward_scale)  # episodes measured here, in batches
     rng = np.random.default_rng(problem.seed)
     t0 = time.perf_counter()
     agent = build_agent(env, problem.n_layers, options, rng)
     build_s = time.perf_counter() - t0
-    folder = problem.run_dir / "checkpoint" if problem.run_dir is not None else None
-    identity = _identity(problem, options)
-    start = restore(folder, agent, rng, problem, identity) if folder is not None else 0
+    folder = ledger.checkpoint_dir
+    ident = identity(problem, options)
+    start = restore(folder, agent, rng, ledger, ident) if folder is not None else 0
     logger = _logger(options)
     agent.set_logger(logger)
-    best = max((t.accuracy for t in problem.trials if t.feasible), default=None)
+    fp32 = ledger.fp32_accuracy("val")
+    reward = env.reward_function(fp32)
+    best = max((t.accuracy for t in ledger.trials if t.feasible), default=None)
     episode = start
     clock = {"acting_s": 0.0, "learning_s": 0.0}
     try:
         with _InterruptGuard(enabled=folder is not None) as guard:
-            for episode in range(start, problem.max_evaluations):
+            while episode < problem.max_evaluations:
+                n = min(options.episodes_per_update, problem.max_evaluations - episode)
                 at_start = rng.bit_generator.state
                 guard.phase = "acting"
                 try:
-                    if guard.requested:  # arrived between two episodes
+                    if guard.requested:  # arrived between two batches
                         raise KeyboardInterrupt
-                    transitions, reward, info = play_episode(env, agent, rng, episode, options, clock)
+                    played = [play_episode(env, agent, rng, episode + k, options, clock) for k in range(n)]
+                    trials = ledger.evaluate_many(
+                        [Proposal(info["w_bits"], info["a_bits"], reward=reward) for _, _, info in played])
                 except (KeyboardInterrupt, SearchError) as exc:
                     if folder is None:
                         raise
                     guard.phase = "saving"
-                    save_checkpoint(folder, agent, episode, at_start, identity)
+                    save_checkpoint(folder, agent, episode, at_start, ident)
                     if isinstance(exc, SearchError):
                         raise SearchError(f"RL episode {episode}: {exc}; checkpoint saved in {folder}") from None
                     signum = guard.requested or signal.SIGINT
                     raise SearchInterrupted(_stopped(episode, folder, signum), signum) from None
                 guard.phase = "learning"
-                t0 = time.perf_counter()
-                agent.observe_episode(transitions, reward, learn=episode >= options.warmup_episodes)
-                clock["learning_s"] += time.perf_counter() - t0
-                if info["budget_met"] and (best is None or info["accuracy"] > best):
-                    best = info["accuracy"]
-                _log_episode(logger, agent, episode, reward, info, best, options)
+                for k, ((transitions, _, info), trial) in enumerate(zip(played, trials, strict=True)):
+                    assert trial.reward is not None  # every proposal carries the reward function
+                    t0 = time.perf_counter()
+                    agent.observe_episode(transitions, trial.reward, learn=episode + k >= options.warmup_episodes)
+                    clock["learning_s"] += time.perf_counter() - t0
+                    info.update(env.measured_info(trial, fp32))
+                    if info["budget_met"] and (best is None or info["accuracy"] > best):
+                        best = info["accuracy"]
+                    _log_episode(logger, agent, episode + k, trial.reward, info, best, options)
                 guard.phase = "saving"
-                done = episode + 1
-                due = options.checkpoint_every and done % options.checkpoint_every == 0
+                done = episode + n
+                every = options.checkpoint_every
+                due = every and done // every > episode // every
+                episode = done
                 if folder is not None and (due or done == problem.max_evaluations or guard.requested):
-                    save_checkpoint(folder, agent, done, rng.bit_generator.state, identity)
+                    save_checkpoint(folder, agent, done, rng.bit_generator.state, ident)
                 if guard.requested:
                     raise SearchInterrupted(_stopped(done, folder, guard.requested), guard.requested)
-            episode = problem.max_evaluations
     finally:
         logger.close()
     return {
-        "episodes": problem.evaluations,
+        "episodes": ledger.evaluations,
         "resumed_from_episode": start,
         "warmup_episodes": options.warmup_episodes,
+        "episodes_per_update": options.episodes_per_update,
         "final_sigma": exploration_sigma(max(episode - 1, 0), options.warmup_episodes, options.sigma_init,
                                          options.sigma_decay),
         "reward_baseline": agent.reward_baseline,
@@ -396,11 +315,10 @@ def _log_episode(logger: Any, agent: HAQDDPG, episode: int, reward: float, info:
     logger.dump(step=episode)
 
 
-register_method(MethodSpec(
+SPEC = MethodSpec(
     name="rl",
     summary="HAQ: DDPG agent picks per-layer weight/activation bits, hardware cost in the loop (Wang et al., CVPR'19)",
     run=run_rl,
     options_type=RLOptions,
-    min_evaluations=lambda problem: 1,
-    default_evaluations=600,
-))
+    default_evaluations=DEFAULT_EPISODES,
+)

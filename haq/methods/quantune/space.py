@@ -22,7 +22,7 @@ Features (:class:`ConfigEncoder`): one column per level of the five categorical 
 (one-hot, 13 columns), then - when bits are encoded - mean and min of the weight and of
 the activation bits (4 columns, model-independent; 8 for an int8 configuration given
 without bits) and the bits of every layer (``2 x n_layers`` columns), then the 8 architecture features of the model
-(:mod:`haq.search.quantune_arch`). Unknown values (bits of a row that has none, features
+(:mod:`haq.methods.quantune.arch`). Unknown values (bits of a row that has none, features
 of an untraceable model) are NaN, which XGBoost treats as missing.
 """
 
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from haq.errors import ConfigError
-from haq.quant.scheme import QuantScheme
-from haq.search.quantune_arch import ArchFeatures
+from haq.methods.quantune.arch import ArchFeatures
+from haq.scheme import QuantScheme
 
 CALIBRATIONS = (1, 1000, 10000)  #: calibration images of the paper (ImageNet)
 CLIPPINGS = ("max", "KL")

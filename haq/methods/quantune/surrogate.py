@@ -24,7 +24,7 @@ Two parts:
   epsilon, a uniformly random candidate instead (our addition; the paper is purely greedy).
 
 :func:`search_finite` runs the whole loop on a finite set, with an ``evaluate`` callback,
-so the same code drives the table reproduction and (via :mod:`haq.search.quantune`)
+so the same code drives the table reproduction and (via :mod:`haq.methods.quantune`)
 measurements of a real model.
 """
 
@@ -187,7 +187,7 @@ def search_finite(
     ``(candidate index, value)`` pairs in order.
 
     ``evaluate(i)`` measures candidate ``i`` (it may raise to end the search, e.g.
-    :class:`~haq.search.base.EvaluationLimitReached`; what was measured before is kept by
+    :class:`~haq.problem.EvaluationLimitReached`; what was measured before is kept by
     the caller's callback). ``warm`` are rows of other models (the target's rows get a
     group of their own). Each candidate is measured at most once. The loop ends when
     every candidate is measured, after ``max_trials``, or when ``stop(measured)`` is true.

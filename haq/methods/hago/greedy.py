@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from haq.search.base import SearchProblem
+from haq.ledger import Ledger
+from haq.problem import Proposal, SearchProblem
 
 EDGES = ("a", "w")  #: per layer, HAGO's edge order: the input activation, then the weight
 DROP_FLOOR = 1e-4  #: accuracy (fraction) added to every drop estimate so free steps rank by saving
@@ -34,32 +35,23 @@ class Step:
 
 
 class Measurer:
-    """``problem.evaluate`` with memory: a policy already measured is not measured again.
+    """``ledger.evaluate`` that does not spend an evaluation on a policy the run measured.
 
     Evaluation is deterministic, so a repeat would spend one of the method's evaluations on
     a number it has (HAGO's tuner re-measures the incumbent at the start of every edge; we
-    do not).
+    do not ask the ledger again).
     """
 
-    def __init__(self, problem: SearchProblem) -> None:
-        self.problem = problem
-        self._acc: dict[bytes, float] = {}
-        for t in problem.trials:
-            self._acc[_key(t.w_bits, t.a_bits)] = t.accuracy
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
 
     def known(self, w: np.ndarray, a: np.ndarray) -> bool:
-        return _key(w, a) in self._acc
+        return self.ledger.lookup(Proposal(w, a)) is not None
 
     def __call__(self, w: np.ndarray, a: np.ndarray) -> float:
         """Validation accuracy of ``(w, a)``; one evaluation unless measured before."""
-        k = _key(w, a)
-        if k not in self._acc:
-            self._acc[k] = self.problem.evaluate(w, a).accuracy
-        return self._acc[k]
-
-
-def _key(w: np.ndarray, a: np.ndarray) -> bytes:
-    return np.asarray(w, dtype=np.int64).tobytes() + b"|" + np.asarray(a, dtype=np.int64).tobytes()
+        acc = self.ledger.lookup(Proposal(w, a))
+        return self.ledger.evaluate(Proposal(w, a)).accuracy if acc is None else acc
 
 
 @dataclass
@@ -111,13 +103,7 @@ class StepEstimates:
 def free_edges(problem: SearchProblem) -> list[tuple[int, str]]:
     """Every (layer, edge) a search may change, layers in execution order, activation first:
     pinned layers and layers with a single choice (float-only kinds) are left out."""
-    pinned = set(problem.pinned)
-    return [
-        (i, e)
-        for i, c in enumerate(problem.choices)
-        if i not in pinned and len(c) > 1
-        for e in EDGES
-    ]
+    return [(i, e) for i in problem.free_layers if len(problem.choices[i]) > 1 for e in EDGES]
 
 
 def apply_step(w: np.ndarray, a: np.ndarray, *steps: Step) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +192,7 @@ class Descent:
 
 def descend_to_budget(
     problem: SearchProblem,
+    ledger: Ledger,
     w: np.ndarray,
     a: np.ndarray,
     accuracy: float,
@@ -228,7 +215,7 @@ def descend_to_budget(
         cands = candidate_steps(problem, w, a)
         if not cands:
             break
-        if problem.best is None and problem.remaining <= 1:
+        if ledger.best is None and ledger.remaining <= 1:
             pw, pa, planned = plan_to_budget(problem, w, a, estimates)
             return Descent(pw, pa, measure(pw, pa), steps + planned, True)
 

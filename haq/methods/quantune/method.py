@@ -8,7 +8,7 @@ the calibration split, the paper's 1 : 1000 : 10000 ladder), clipping (max or KL
 (asymmetric, symmetric, symmetric-uint8, power-of-two) and weight granularity
 (per-tensor, per-channel): the paper's 48 - together with per-layer w/a bits (our
 extension, so Quantune answers the mixed-precision question under a budget). See
-:mod:`haq.search.quantune_space`.
+:mod:`haq.methods.quantune.space`.
 
 **Candidates.** The paper's space is finite (48 int8 configurations), ours is not, so each
 round scores a pool (``pool_size``) of unexplored, budget-feasible candidates: every
@@ -18,17 +18,17 @@ once something is measured - neighbours of the best measured configurations (one
 weight or activation bits moved one step, or the same bits under another scheme).
 Infeasible candidates are never measured; the best feasible is returned.
 
-**Surrogate and loop.** :mod:`haq.search.surrogate`: retrain every round on every
+**Surrogate and loop.** :mod:`haq.methods.quantune.surrogate`: retrain every round on every
 measured configuration plus the warm-start histories (other models, one query group
 each), score the pool, measure the top ``k`` (epsilon-greedy: our addition). Features:
 one-hot of the scheme, bit statistics and per-layer bits, and the model's 8 architecture
-features (:mod:`haq.search.quantune_arch`; counted on the BN-folded model the evaluator
+features (:mod:`haq.methods.quantune.arch`; counted on the BN-folded model the evaluator
 holds, so ``nodes`` and ``bn`` are unknown there).
 
-**Schemes.** Each configuration is measured with ``problem.evaluate(w, a, scheme=...)``:
-counting, the limit, the budget check and the history row (its ``quant`` column) stay in
-:class:`SearchProblem`, and the best trial's scheme goes into the final test-split
-measurement and ``policy.json``'s ``quant`` block.
+**Schemes.** Each configuration is proposed with its scheme (``Proposal(w, a, scheme=...)``):
+counting, the limit, the budget check and the history row (its ``quant`` column) stay in the
+ledger, and the best trial's scheme goes into the final test-split measurement and
+``policy.json``'s ``quant`` block. The ``k`` picks of a round are measured as one batch.
 """
 
 from __future__ import annotations
@@ -39,49 +39,36 @@ from typing import Any
 
 import numpy as np
 
-from haq.budget import enforce_budget
 from haq.errors import ConfigError, ModelError
-from haq.search import register_method
-from haq.search.base import EvaluationLimitReached, MethodSpec, SearchProblem
-from haq.search.quantune_arch import ArchFeatures, architecture_features
-from haq.search.quantune_space import CALIBRATIONS, ConfigEncoder, QuantuneConfig, global_configs
-from haq.search.quantune_table import load_reference_table
-from haq.search.surrogate import Observations, Surrogate, SurrogateOptions, select
+from haq.ledger import Ledger
+from haq.methods.base import MethodSpec
+from haq.methods.options import option
+from haq.methods.quantune.arch import ArchFeatures, architecture_features
+from haq.methods.quantune.space import ConfigEncoder, QuantuneConfig, global_configs
+from haq.methods.quantune.surrogate import Observations, Surrogate, SurrogateOptions, select
+from haq.methods.quantune.table import load_reference_table
+from haq.problem import EvaluationLimitReached, ModelAccess, Proposal, SearchProblem
+from haq.scheme import QuantScheme
 
 
 @dataclass(frozen=True)
 class QuantuneOptions:
-    """Options of the ``quantune`` method (surrogate defaults: the paper's).
+    """Options of the ``quantune`` method (surrogate defaults: the paper's, from
+    :class:`~haq.methods.quantune.surrogate.SurrogateOptions`). ``warm_start`` files are in the
+    format of ``quantune_measured_configs.csv``; models named there that
+    :data:`~haq.methods.quantune.arch.REFERENCE_ARCHITECTURES` knows get their architecture
+    features."""
 
-    Attributes:
-        rounds: boosting rounds per surrogate fit (paper: 200).
-        eta: surrogate learning rate (paper: 0.30).
-        gamma: surrogate minimum split loss (paper: 1).
-        objective: ``rank:pairwise`` (default; order within each model) or
-            ``reg:squarederror`` (the paper's regression; accuracy in %).
-        k: configurations measured per round (paper: 1).
-        epsilon: probability that a pick is a random pool member (our addition; 0 =
-            the paper's greedy choice).
-        pool_size: candidates scored per round when the space is too large to score whole.
-        mixed: search per-layer bits (True) or only the global schemes at uniform bits.
-        warm_start: CSV files of other models' measured configurations, in the format of
-            ``quantune_measured_configs.csv``; models named there that
-            :data:`~haq.search.quantune_arch.REFERENCE_ARCHITECTURES` knows get their
-            architecture features.
-        threads: XGBoost threads per fit.
-    """
-
-    # the surrogate's settings default to SurrogateOptions' (one place for the paper's values)
-    rounds: int = SurrogateOptions.rounds
-    eta: float = SurrogateOptions.eta
-    gamma: float = SurrogateOptions.gamma
-    objective: str = SurrogateOptions.objective
-    k: int = SurrogateOptions.k
-    epsilon: float = SurrogateOptions.epsilon
-    pool_size: int = 256
-    mixed: bool = True
-    warm_start: tuple[str, ...] = ()
-    threads: int = SurrogateOptions.threads
+    rounds: int = option(SurrogateOptions.rounds, "boosting rounds per surrogate fit (paper: 200)")
+    eta: float = option(SurrogateOptions.eta, "surrogate learning rate (paper: 0.30)")
+    gamma: float = option(SurrogateOptions.gamma, "surrogate minimum split loss (paper: 1)")
+    objective: str = option(SurrogateOptions.objective, "rank:pairwise (order within each model) or reg:squarederror (the paper's regression)")
+    k: int = option(SurrogateOptions.k, "configurations measured per round, as one batch (paper: 1)")
+    epsilon: float = option(SurrogateOptions.epsilon, "probability that a pick is a random pool member (0 = the paper's greedy choice)")
+    pool_size: int = option(256, "candidates scored per round when the space is too large to score whole")
+    mixed: bool = option(True, "search per-layer bits (true) or only the global schemes at uniform bits")
+    warm_start: tuple[str, ...] = option((), "CSV files of other models' measured configurations (quantune_measured_configs.csv format)")
+    threads: int = option(SurrogateOptions.threads, "XGBoost threads per fit")
 
     def __post_init__(self) -> None:
         self.surrogate()  # validates the shared fields
@@ -94,25 +81,10 @@ class QuantuneOptions:
         return SurrogateOptions(self.rounds, self.eta, self.gamma, self.objective, self.k, self.epsilon, self.threads)
 
 
-def _scheme(config: QuantuneConfig, available: int | None):  # noqa: ANN202 - QuantScheme
-    if available is None:  # the evaluator does not tell its calibration size: always use all of it
-        return config.to_scheme(1).replace(calibration_images=None)
-    return config.to_scheme(available)
-
-
-def _calibration_size(evaluator: Any) -> int | None:
-    data = getattr(evaluator, "data", None)
-    calib = getattr(data, "calib", None)
-    return len(calib) if calib is not None else None
-
-
-def _arch_of(evaluator: Any) -> ArchFeatures:
+def _arch_of(model: ModelAccess) -> ArchFeatures:
     """Architecture features of the evaluated model (BN-folded: nodes and bn unknown)."""
-    folded = getattr(evaluator, "folded_model", None)
-    if folded is None:
-        return ArchFeatures.unknown()
     try:
-        f = architecture_features(folded())
+        f = architecture_features(model.folded_model())
     except ModelError:
         return ArchFeatures.unknown()
     return ArchFeatures(float("nan"), f.conv, float("nan"), f.act, f.skip, f.depthwise, f.pointwise, f.size_mb)
@@ -139,29 +111,17 @@ class _Candidates:
         self.p = problem
         self.schemes = schemes
         self.mixed = mixed
-        self.free = [i for i in range(problem.n_layers) if i not in set(problem.pinned)]
+        self.free = problem.free_layers
         self.hi_w, self.hi_a = problem.max_policy()
         self.steps = [sorted(c) for c in problem.choices]
-        self.uniform = self._uniform_bits()
-
-    def _uniform_bits(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-        """Feasible uniform (w, a) policies (pinned layers at their pinned bits), highest first."""
-        free = [set(self.p.choices[i]) for i in self.free] or [set(c) for c in self.p.choices]
-        common = sorted(set.intersection(*free), reverse=True)
-        out = []
-        for wb in common:
-            for ab in common:
-                w, a = self.hi_w.copy(), self.hi_a.copy()
-                w[self.free], a[self.free] = wb, ab
-                if self.p.feasible(w, a):
-                    out.append((tuple(int(b) for b in w), tuple(int(b) for b in a)))
-        return out
+        #: feasible uniform (w, a) policies (pinned layers at their pinned bits), highest first
+        self.uniform = [(tuple(int(b) for b in w), tuple(int(b) for b in a)) for w, a in problem.uniform_policies()]
 
     def _random_bits(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         w, a = self.hi_w.copy(), self.hi_a.copy()
         for i in self.free:
             w[i], a[i] = rng.choice(self.steps[i]), rng.choice(self.steps[i])
-        return enforce_budget(w, a, self.p.costs, self.p.budget, self.p.choices, self.p.pinned)
+        return self.p.enforce_budget(w, a)
 
     def _neighbour(self, c: QuantuneConfig, rng: np.random.Generator) -> QuantuneConfig:
         if not self.mixed or not self.free or rng.random() < 0.25:
@@ -203,20 +163,19 @@ class _Candidates:
 
 
 # ----- the method ----------------------------------------------------------------------------
-def run_quantune(problem: SearchProblem, options: QuantuneOptions) -> dict[str, Any]:
+def run_quantune(problem: SearchProblem, ledger: Ledger, options: QuantuneOptions) -> dict[str, Any]:
     rng = np.random.default_rng(problem.seed)
-    base: Any = problem.evaluator
-    available = _calibration_size(base)
-    schemes = [c for c in global_configs() if available is not None or c.calibration == CALIBRATIONS[-1]]
+    available = len(ledger.model.calibration_split)
+    schemes = global_configs()
     cands = _Candidates(problem, schemes, options.mixed)
     encoder = ConfigEncoder(problem.n_layers)
-    arch = _arch_of(base)
+    arch = _arch_of(ledger.model)
     warm = _warm_start(options.warm_start, encoder)
     target_group = int(warm.group.max()) + 1 if len(warm) else 0
     surrogate = Surrogate(options.surrogate())
     measured: dict[QuantuneConfig, float] = {}
     used: list[QuantuneConfig] = []  # one per trial of this run, in trial order
-    first = problem.evaluations
+    first = ledger.evaluations
     try:
         while True:
             pool = cands.pool(options.pool_size, measured, rng)
@@ -228,15 +187,19 @@ def run_quantune(problem: SearchProblem, options: QuantuneOptions) -> dict[str, 
                 scores = surrogate.predict(encoder.encode(pool, arch))
             else:
                 scores = np.zeros(len(pool))
-            for i in select(scores, options.k, options.epsilon, rng):
-                config = pool[i]
-                trial = problem.evaluate(np.asarray(config.w_bits), np.asarray(config.a_bits),
-                                         scheme=_scheme(config, available))
-                used.append(pool[i])
-                measured[pool[i]] = trial.accuracy
+            picks = [pool[i] for i in select(scores, options.k, options.epsilon, rng)]
+            try:
+                trials = ledger.evaluate_many([Proposal(np.asarray(c.w_bits), np.asarray(c.a_bits),
+                                                        scheme=_scheme(c, available)) for c in picks])
+            except EvaluationLimitReached:
+                used.extend(picks[: ledger.evaluations - first - len(used)])
+                raise
+            for config, trial in zip(picks, trials, strict=True):
+                used.append(config)
+                measured[config] = trial.accuracy
     except EvaluationLimitReached:
         pass
-    best = problem.best
+    best = ledger.best
     best_scheme = None
     if best is not None and best.index >= first:
         best_scheme = _scheme(used[best.index - first], available)
@@ -248,10 +211,14 @@ def run_quantune(problem: SearchProblem, options: QuantuneOptions) -> dict[str, 
     }
 
 
-register_method(MethodSpec(
+def _scheme(config: QuantuneConfig, available: int) -> QuantScheme:
+    return config.to_scheme(available)
+
+
+SPEC = MethodSpec(
     name="quantune",
     summary="XGBoost surrogate over global quantization schemes and per-layer bits (Quantune), best feasible kept",
     run=run_quantune,
     options_type=QuantuneOptions,
     default_evaluations=100,
-))
+)

@@ -28,7 +28,7 @@ Greedy walk (HAGO's ``GreedySearchTuner``)
 Budget phase (our extension: HAGO has no budget)
     If the walk's policy misses the budget, keep taking the move - one edge, or both edges
     of a layer (a CPU only speeds up when both are int8) - one step down that costs the
-    least accuracy per unit of budget saved (:func:`haq.search.greedy.descend_to_budget`).
+    least accuracy per unit of budget saved (:func:`haq.methods.hago.greedy.descend_to_budget`).
     Step drops come free from the walk (each walk trial measured one edge's step); steps
     never measured are estimated from them, and the best-ranked step is measured before it
     is taken. The last evaluation is kept for a policy planned to meet the budget, so the
@@ -36,11 +36,11 @@ Budget phase (our extension: HAGO has no budget)
 
 Accuracy
     HAGO measures accuracy on its calibration set. Every haq method measures through
-    ``problem.evaluate``, on the validation split (our search split); the test split stays
+    the ledger, on the validation split (our search split); the test split stays
     unseen until the final report. HAGO's calibration set survives in the activation
     thresholds: they are estimated on ``calibration_images`` (128, what HAGO used) of the
-    calibration split, with HAGO's estimators, by swapping the evaluator's scheme for the
-    search; the returned policy's ``quant`` records that scheme.
+    calibration split, with HAGO's estimators: the method's scheme (``SPEC.scheme``,
+    :func:`hago_scheme`) is the problem's scheme; the returned policy's ``quant`` records it.
 
 Thresholds (``threshold`` option -> our calibrator)
     ========================  ==========================================================
@@ -74,10 +74,10 @@ from typing import Any
 import numpy as np
 
 from haq.errors import ConfigError
-from haq.quant.scheme import QuantScheme
-from haq.search import register_method
-from haq.search.base import EvaluationLimitReached, MethodSpec, SearchProblem, bits_str
-from haq.search.greedy import (
+from haq.history import bits_str
+from haq.ledger import Ledger
+from haq.methods.base import MethodSpec
+from haq.methods.hago.greedy import (
     Measurer,
     Step,
     StepEstimates,
@@ -85,6 +85,9 @@ from haq.search.greedy import (
     descend_to_budget,
     free_edges,
 )
+from haq.methods.options import option
+from haq.problem import EvaluationLimitReached, SearchProblem
+from haq.scheme import QuantScheme
 
 THRESHOLDS = ("avg_range", "kl", "quantile:Q", "power_of_two", "scheme")
 TIES = ("fewer-bits", "keep-bits")
@@ -95,10 +98,10 @@ _QUANTILE_RE = re.compile(r"^quantile:([0-9]*\.?[0-9]+)$")
 class HagoOptions:
     """Options of the HAGO search (``haq search --method hago --option KEY=VALUE``)."""
 
-    threshold: str = "avg_range"  #: activation threshold estimator: avg_range, kl, quantile:Q, power_of_two, scheme
-    calibration_images: int | None = 128  #: images thresholds are estimated on; None = the whole calibration split
-    ties: str = "fewer-bits"  #: equal accuracy: fewer-bits takes the lower step (HAGO), keep-bits keeps the higher
-    budget_phase: bool = True  #: after the walk, lower bits by least accuracy per cost saved until the budget holds
+    threshold: str = option("avg_range", "activation threshold estimator: avg_range, kl, quantile:Q, power_of_two, scheme")
+    calibration_images: int | None = option(128, "images thresholds are estimated on; None = the whole calibration split")
+    ties: str = option("fewer-bits", "equal accuracy: fewer-bits takes the lower step (HAGO), keep-bits keeps the higher")
+    budget_phase: bool = option(True, "after the walk, lower bits by least accuracy per cost saved until the budget holds")
 
     def __post_init__(self) -> None:
         if self.threshold not in THRESHOLDS[:2] + THRESHOLDS[3:]:
@@ -153,7 +156,7 @@ class Walk:
 
 
 def greedy_walk(
-    problem: SearchProblem, options: HagoOptions, measure: Measurer, estimates: StepEstimates
+    problem: SearchProblem, ledger: Ledger, options: HagoOptions, measure: Measurer, estimates: StepEstimates
 ) -> Walk:
     """HAGO's greedy walk over the edges (see the module docstring). Every trial's drop
     against the best it was derived from is recorded in ``estimates``.
@@ -171,7 +174,7 @@ def greedy_walk(
             for bits in sorted((c for c in problem.choices[layer] if c < cur), reverse=True):
                 step = Step(layer, edge, bits)
                 tw, ta = apply_step(walk.w, walk.a, step)
-                if reserve and problem.best is None and problem.remaining <= 1 and not measure.known(tw, ta):
+                if reserve and ledger.best is None and ledger.remaining <= 1 and not measure.known(tw, ta):
                     return walk
                 acc = measure(tw, ta)
                 estimates.record((step,), walk.accuracy - acc)
@@ -187,21 +190,12 @@ def greedy_walk(
     return walk
 
 
-def run_hago(problem: SearchProblem, options: HagoOptions) -> dict[str, Any]:
-    scheme = problem.evaluator.scheme
-    if options.threshold != "scheme":
-        scheme = hago_scheme(scheme, options)
-        with_scheme = getattr(problem.evaluator, "with_scheme", None)
-        if with_scheme is None:
-            raise ConfigError(
-                "hago: this evaluator cannot change its calibration; pass threshold=scheme to keep its own"
-            )
-        problem.evaluator = with_scheme(scheme)
-    measure = Measurer(problem)
+def run_hago(problem: SearchProblem, ledger: Ledger, options: HagoOptions) -> dict[str, Any]:
+    measure = Measurer(ledger)
     estimates = StepEstimates()
-    extras: dict[str, Any] = {"scheme": scheme.to_dict(), "threshold": options.threshold}
+    extras: dict[str, Any] = {"scheme": problem.scheme.to_dict(), "threshold": options.threshold}
     try:
-        walk = greedy_walk(problem, options, measure, estimates)
+        walk = greedy_walk(problem, ledger, options, measure, estimates)
         extras["walk"] = {
             "w_bits": bits_str(walk.w.tolist()),
             "a_bits": bits_str(walk.a.tolist()),
@@ -209,17 +203,17 @@ def run_hago(problem: SearchProblem, options: HagoOptions) -> dict[str, Any]:
             "feasible": problem.feasible(walk.w, walk.a),
             "edges_decided": walk.edges_done,
             "complete": walk.complete,
-            "evaluations": problem.evaluations,
+            "evaluations": ledger.evaluations,
         }
-        if options.budget_phase and not problem.feasible(walk.w, walk.a) and problem.remaining > 0:
-            d = descend_to_budget(problem, walk.w, walk.a, walk.accuracy, estimates, measure)
+        if options.budget_phase and not problem.feasible(walk.w, walk.a) and ledger.remaining > 0:
+            d = descend_to_budget(problem, ledger, walk.w, walk.a, walk.accuracy, estimates, measure)
             extras["budget_phase"] = {
                 "w_bits": bits_str(d.w.tolist()),
                 "a_bits": bits_str(d.a.tolist()),
                 "val_accuracy": d.accuracy,
                 "steps": [f"{problem.layers[s.layer].name}.{s.edge}->{s.bits}" for s in d.steps],
                 "planned": d.jumped,
-                "evaluations": problem.evaluations - extras["walk"]["evaluations"],
+                "evaluations": ledger.evaluations - extras["walk"]["evaluations"],
             }
     except EvaluationLimitReached:
         extras["stopped"] = "evaluation limit"
@@ -230,11 +224,12 @@ def _min_evaluations(problem: SearchProblem) -> int:
     return 1 if problem.feasible(*problem.max_policy()) else 2
 
 
-register_method(MethodSpec(
+SPEC = MethodSpec(
     name="hago",
     summary="HAGO: hardware-declared bits, greedy walk lowering each edge while accuracy holds, then to the budget",
     run=run_hago,
     options_type=HagoOptions,
     min_evaluations=_min_evaluations,
     default_evaluations=300,
-))
+    scheme=hago_scheme,
+)

@@ -1,0 +1,160 @@
+"""What every search method shares: how it is described, run and what it returns.
+
+A method is a function ``run(problem, ledger, options)``: it proposes policies and measures
+them with ``ledger.evaluate_many`` until it is done or the ledger raises
+:class:`~haq.problem.EvaluationLimitReached`. :func:`run_method` then re-measures the best
+policy on the test split (never seen by the search) and packs a :class:`SearchResult`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from haq.errors import SearchError
+from haq.history import pareto_front
+from haq.ledger import Ledger
+from haq.policy import Policy
+from haq.problem import EvaluationLimitReached, SearchProblem
+from haq.scheme import QuantScheme
+
+
+@dataclass
+class SearchResult:
+    """What every method returns (design §7).
+
+    ``best_policy.metrics`` holds the *test*-split accuracy (``accuracy``), the validation
+    accuracy the search saw (``val_accuracy``), fp32 test accuracy and every cost;
+    ``repeats`` counts the evaluations answered from the ledger (a policy proposed again).
+    """
+
+    method: str
+    best_policy: Policy
+    history: pd.DataFrame
+    pareto: pd.DataFrame
+    evaluations: int
+    wall_s: float
+    per_layer: pd.DataFrame = field(default_factory=pd.DataFrame)  #: the best policy's cost per layer
+    extras: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 0
+
+
+RunFn = Callable[[SearchProblem, Ledger, Any], "dict[str, Any] | None"]
+
+
+def _one(problem: SearchProblem) -> int:
+    return 1
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered search method.
+
+    Attributes:
+        name: the CLI's name (``--method NAME``).
+        summary: one line for ``haq list methods``.
+        run: ``run(problem, ledger, options)``; may return a dict of extras (HAWQ's traces).
+        options_type: a frozen dataclass of the method's options (fields declared with
+            :func:`haq.methods.options.option`, so ``haq list options`` can show their help).
+        min_evaluations: the fewest evaluations the method needs to return anything.
+        default_evaluations: its evaluation limit when the user gives none.
+        budget_keys: the budget items it can express.
+        scheme: the global scheme the method searches with, from the user's scheme and the
+            options (HAGO swaps in its own threshold estimator); None = the user's.
+    """
+
+    name: str
+    summary: str
+    run: RunFn
+    options_type: type
+    min_evaluations: Callable[[SearchProblem], int] = _one
+    default_evaluations: int = 300
+    budget_keys: tuple[str, ...] = ("latency", "energy", "size", "bops")
+    scheme: Callable[[QuantScheme, Any], QuantScheme] | None = None
+
+
+def check_runnable(problem: SearchProblem, spec: MethodSpec) -> None:
+    """Refuse, before any work, a problem the method cannot solve."""
+    need = spec.min_evaluations(problem)
+    if problem.max_evaluations < need:
+        raise SearchError(
+            f"--max-evaluations {problem.max_evaluations} is too few for {spec.name}: it needs at least {need} "
+            "to produce a policy"
+        )
+    bad = [k for k in problem.budget.budget.keys if k not in spec.budget_keys]
+    if bad:
+        raise SearchError(
+            f"method {spec.name} cannot express a {bad[0]} budget; it handles {', '.join(spec.budget_keys)}"
+        )
+
+
+def run_method(spec: MethodSpec, problem: SearchProblem, ledger: Ledger, options: Any) -> SearchResult:
+    """Run one method and pack its result (best policy re-measured on the test split)."""
+    check_runnable(problem, spec)
+    extras: dict[str, Any] = {}
+    start = ledger.elapsed_s
+    try:
+        extras = spec.run(problem, ledger, options) or {}
+    except EvaluationLimitReached:
+        pass
+    wall = ledger.elapsed_s - start
+    best = ledger.best
+    if best is None:
+        raise SearchError(
+            f"{spec.name} found no policy within the budget {problem.budget.budget} in {ledger.evaluations} "
+            "evaluations; raise --max-evaluations or the budget"
+        )
+    meta: dict[str, Any] = {"method": spec.name, "evaluations": ledger.evaluations}
+    if problem.max_accuracy_drop is not None:
+        meta["max_accuracy_drop"] = problem.max_accuracy_drop
+        meta["accuracy_drop_met"] = ledger.within_accuracy_drop(best)
+    policy = finalize_policy(problem, ledger, best.w_bits, best.a_bits, meta, best.scheme)
+    history = ledger.history()
+    return SearchResult(
+        method=spec.name,
+        best_policy=policy,
+        history=history,
+        pareto=pareto_front(history, problem.primary),
+        evaluations=ledger.evaluations,
+        wall_s=wall,
+        per_layer=problem.costs.per_layer(best.w_bits, best.a_bits),
+        extras=extras,
+        repeats=ledger.repeats,
+    )
+
+
+def finalize_policy(
+    problem: SearchProblem,
+    ledger: Ledger,
+    w_bits: np.ndarray,
+    a_bits: np.ndarray,
+    search_meta: dict[str, Any],
+    scheme: QuantScheme | None = None,
+) -> Policy:
+    """A :class:`Policy` with test-split accuracy and every cost (not counted as an evaluation)."""
+    scheme = scheme or problem.scheme
+    cost = problem.cost(w_bits, a_bits)
+    val = next((t.accuracy for t in reversed(ledger.trials)
+                if np.array_equal(t.w_bits, w_bits) and np.array_equal(t.a_bits, a_bits)
+                and (t.scheme or problem.scheme) == scheme), None)
+    metrics: dict[str, float | None] = {
+        "accuracy": ledger.test_accuracy(w_bits, a_bits, scheme),
+        "val_accuracy": val,
+        "fp32_accuracy": ledger.fp32_accuracy("test"),
+        **cost.to_dict(),
+    }
+    meta = {"budget": problem.budget.budget.to_dict(), "seed": problem.seed, **search_meta}
+    return Policy.from_bits(
+        problem.layers,
+        w_bits,
+        a_bits,
+        model=problem.model_name,
+        hardware=problem.hardware,
+        quant=scheme,
+        metrics=metrics,
+        search=meta,
+    )
