@@ -22,8 +22,10 @@ import time
 import numpy as np
 import torch
 
-from haq.api import SearchConfig, make_problem, method_options, prepare
-from haq.search import get_method, run_method
+from haq.api import make_problem, method_options, prepare
+from haq.config import SearchConfig
+from haq.ledger import Ledger
+from haq.methods import get_method, run_method
 
 
 class TimedEvaluator:
@@ -32,11 +34,16 @@ class TimedEvaluator:
     def __init__(self, inner) -> None:
         self.inner, self.scheme, self.seconds = inner, inner.scheme, []
 
-    def evaluate(self, w, a, split="val"):
-        t = time.perf_counter()
-        acc = self.inner.evaluate(w, a, split)
-        self.seconds.append(time.perf_counter() - t)
-        return acc
+    def accuracies(self, policies, split="val"):
+        out = []
+        for item in policies:
+            t = time.perf_counter()
+            out.append(self.inner.accuracies([item], split)[0])
+            self.seconds.append(time.perf_counter() - t)
+        return out
+
+    def with_scheme(self, scheme):
+        return self if scheme == self.scheme else self.inner.with_scheme(scheme)
 
     def fp32_accuracy(self, split="val"):
         return self.inner.fp32_accuracy(split)
@@ -80,12 +87,12 @@ def main() -> None:
     ws = prepare(cfg)
     problem = make_problem(cfg, ws)
     evaluator = TimedEvaluator(ws.evaluator)
-    problem.evaluator = evaluator
-    problem.fp32_accuracy("val")  # not part of the search's evaluations
+    ledger = Ledger(problem, evaluator, method="rl")
+    ledger.fp32_accuracy("val")  # not part of the search's evaluations
     warm = warm_up(ws, problem)
     evaluator.seconds.clear()
 
-    result = run_method(problem, get_method("rl"), method_options(cfg))
+    result = run_method(get_method("rl"), problem, ledger, method_options(cfg))
     wall = result.wall_s  # the search itself, without the final test-split measurement
     acting, learning = result.extras["agent_acting_s"], result.extras["agent_learning_s"]
 

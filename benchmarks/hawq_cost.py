@@ -43,7 +43,7 @@ MODELS = ("digits-mobilenet", "digits-resnet", "resnet18@64")
 
 # ----- 1. reproduction -------------------------------------------------------------------------
 def reproduction() -> bool:
-    from haq.search.hawq import PUBLISHED_BITS, published_ilp, published_objective
+    from haq.methods.hawq.published import PUBLISHED_BITS, published_ilp, published_objective
 
     path = next(p for p in PUBLISHED if p.exists())
     models = json.loads(path.read_text())["models"]
@@ -77,7 +77,7 @@ def trace_worker(name: str, threads: int, max_iter: int, resnet_batch: int) -> d
 
     torch.set_num_threads(threads)
     from haq.layers import describe
-    from haq.search.hessian import TraceSettings, layer_traces
+    from haq.methods.hawq.hessian import TraceSettings, layer_traces
 
     if name == "resnet18@64":
         import torchvision
@@ -90,8 +90,8 @@ def trace_worker(name: str, threads: int, max_iter: int, resnet_batch: int) -> d
         settings = TraceSettings(batch_size=resnet_batch, max_iter=max_iter)
     else:
         from haq.data import load_digits
-        from haq.models import load_model
         from haq.fold import fold_batchnorm
+        from haq.models import load_model
 
         data = load_digits()
         loaded = load_model(name)
@@ -141,7 +141,7 @@ def traces(models: tuple[str, ...], threads: int, max_iter: int, resnet_batch: i
 # ----- 3. ILP solve time ------------------------------------------------------------------------
 def synthetic_ilp(rng: np.random.Generator, n_rows: int, independent: bool):
     """54 layers, bits 2..8 (tied: 7 options; independent: 49 (w, a) pairs), ResNet-50-like sizes."""
-    from haq.search.ilp import BudgetRow, MultipleChoiceIlp
+    from haq.methods.hawq.ilp import BudgetRow, MultipleChoiceIlp
 
     L, bits = 54, np.arange(2, 9)
     w, a = (np.repeat(bits, 7), np.tile(bits, 7)) if independent else (bits, bits)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from haq.api import SearchConfig, Workspace, make_problem, prepare, search
+from haq.api import Workspace, make_problem, prepare, search
+from haq.config import SearchConfig
 from haq.errors import BudgetError
 
 
@@ -86,7 +87,7 @@ def exhaustive_limit(ws: Workspace, prob: Problem) -> tuple[float, float, int] |
 
     problem = make_problem(SearchConfig(model=prob.model, hardware=prob.hardware, budget=(prob.budget,),
                                         method="uniform"), ws)
-    free = [i for i in range(problem.n_layers) if i not in problem.pinned]
+    free = problem.free_layers
     if len(free) <= 10:
         groups = [[i] for i in free]
     else:
@@ -148,13 +149,13 @@ def main() -> None:
             print(f"unreachable: {exc}")
             continue
         done_one = True
-        primary = problem.budget.primary
+        primary = problem.primary
         field_name = {"latency": "latency_ms", "energy": "energy_mj", "size": "size_mib", "bops": "bops_g"}[primary]
         ref = ws.costs.uniform(8).get(primary)
         eight = np.full(len(ws.layers), 8)
         fp32 = ws.evaluator.fp32_accuracy("test")
         acc8 = ws.evaluator.evaluate(eight, eight, "test")
-        uni = search(prob.model, prob.hardware, prob.budget, method="uniform", workspace=ws)
+        uni = search(model=prob.model, hardware=prob.hardware, budget=prob.budget, method="uniform", workspace=ws)
         up = uni.best_policy
         u_acc, u_ratio = up.metrics["accuracy"], up.metrics[field_name] / ref
         limit = EXHAUSTIVE(ws, prob) if EXHAUSTIVE is not None and not args.quick else None
@@ -177,7 +178,7 @@ def main() -> None:
             accs, vals, ratios, evals, walls = [], [], [], [], []
             for seed in seeds:
                 t = time.perf_counter()
-                res = search(prob.model, prob.hardware, prob.budget, method=row.method, workspace=ws, seed=seed,
+                res = search(model=prob.model, hardware=prob.hardware, budget=prob.budget, method=row.method, workspace=ws, seed=seed,
                              max_evaluations=n, **opts)
                 walls.append(time.perf_counter() - t)
                 m = res.best_policy.metrics

@@ -36,16 +36,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from haq.search.quantune_table import (
-    ReferenceTable,
+from haq.methods.quantune.published import (
     genetic_on_table,
     grid_on_table,
-    load_reference_table,
     quantune_on_table,
     random_on_table,
     trials_to,
 )
-from haq.search.surrogate import SurrogateOptions
+from haq.methods.quantune.surrogate import SurrogateOptions
+from haq.methods.quantune.table import ReferenceTable, load_reference_table
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE_NAME = "quantune_measured_configs.csv"
@@ -136,9 +135,10 @@ def report(df: pd.DataFrame, reference: str = "quantune") -> dict[str, float]:
 def embedded_table(args: Args) -> tuple[ReferenceTable, int]:
     """Every scheme x bit pattern of digits-mobilenet, measured on the validation split
     (and the size of that split)."""
-    from haq.api import SearchConfig, prepare
-    from haq.search.quantune_arch import architecture_features
-    from haq.search.quantune_table import measure_config_table
+    from haq.api import prepare
+    from haq.config import SearchConfig
+    from haq.methods.quantune.arch import architecture_features
+    from haq.methods.quantune.published import measure_config_table
 
     ws = prepare(SearchConfig(model="digits-mobilenet", hardware="bitfusion"))
     n = len(ws.layers)

@@ -5,15 +5,17 @@ runs/compare-<model>-<hardware>/ per problem and prints each comparison table.
 
     .venv/bin/python experiments/compare_digits.py            # full: 3 seeds, 100 evaluations
     .venv/bin/python experiments/compare_digits.py --quick    # 1 seed, 30 evaluations
+    ... --resume continues interrupted comparisons, --force overwrites finished ones
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from haq.api import SearchConfig
 from haq.compare import compare, to_markdown
+from haq.config import SearchConfig
 
 
 @dataclass
@@ -29,6 +31,8 @@ args = Args(max_evaluations=30, seeds=1) if "--quick" in sys.argv else Args()
 for model in args.models:
     for hardware, budget in args.problems:
         config = SearchConfig(model=model, hardware=hardware, budget=(budget,), max_evaluations=args.max_evaluations)
-        table = compare(config, list(args.methods), seeds=args.seeds, out=f"runs/compare-{model}-{hardware}")
+        table = compare(config, list(args.methods), seeds=args.seeds, out=f"runs/compare-{model}-{hardware}",
+                        resume=Path(f"runs/compare-{model}-{hardware}/config.json").is_file() and "--resume" in sys.argv,
+                        force="--force" in sys.argv)
         print(f"\n## {model} on {hardware}, budget {budget}\n")
         print(to_markdown(table))

@@ -1,5 +1,6 @@
-"""Run a search from a JSON config: one of experiments/configs/*.json, or any run's
-config.json (which reruns that run exactly).
+"""Run a search from a config file: one of experiments/configs/*.json, or any run's
+config.json (which reruns that run exactly). The CLI does the same with
+``haq search --config FILE --out DIR``.
 
     .venv/bin/python experiments/run_config.py experiments/configs/rl_bitfusion.json --out runs/rl
     .venv/bin/python experiments/run_config.py runs/rl/config.json --out runs/rl-again
@@ -8,25 +9,23 @@ config.json (which reruns that run exactly).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from haq.api import SearchConfig
+from haq.api import search
+from haq.config import SearchConfig
 from haq.errors import HaqError
-from haq.runs import run_search
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="a SearchConfig as JSON")
+    parser.add_argument("config", help="a SearchConfig as JSON or TOML")
     parser.add_argument("--out", required=True, help="run directory to write")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     try:
-        with open(args.config) as f:
-            config = SearchConfig.from_dict(json.load(f))
-        result = run_search(config, args.out, resume=args.resume)
-    except (HaqError, OSError, json.JSONDecodeError) as exc:
+        config = SearchConfig.from_file(args.config)
+        result = search(config, out=args.out, resume=args.resume)
+    except (HaqError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = result.best_policy.metrics

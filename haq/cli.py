@@ -44,7 +44,7 @@ def _console(stderr: bool = False):
 
 
 def _quant(calibration: str, weight_quant: str, act_quant: str) -> dict[str, Any]:
-    from haq.quant.scheme import QuantScheme
+    from haq.scheme import QuantScheme
 
     return QuantScheme.from_dict({"weight": weight_quant, "activation": act_quant, "calibration": calibration}).to_dict()
 

@@ -10,12 +10,11 @@ reruns it.
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from haq.budget import Budget
 from haq.errors import ConfigError

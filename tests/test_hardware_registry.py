@@ -8,11 +8,10 @@ import pytest
 import torchvision
 
 from haq.bits import ALL_BITS, INT_BITS, slot
-from haq.costs import CostModel
+from haq.costs import CostModel, CostTable
 from haq.digits_models import DigitsMobileNet
 from haq.errors import UnknownNameError
 from haq.layers import describe
-from haq.costs import CostTable
 from haq.simulators import HARDWARE, HardwareModel, get_hardware, list_hardware
 
 ANALYTIC = ("bitfusion", "bismo-edge", "bismo-cloud")

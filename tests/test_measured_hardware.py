@@ -20,8 +20,8 @@ from torch import nn
 from haq.bits import slot
 from haq.digits_models import DigitsMobileNet, DigitsResNet
 from haq.errors import HardwareError, ModelError
-from haq.layers import LayerSpec, describe
 from haq.fold import fold_batchnorm
+from haq.layers import LayerSpec, describe
 from haq.simulators import HardwareModel, get_hardware, list_hardware
 from haq.simulators.gpu_profiling import gpu_layer_row, gpu_profile_frame, profile_gpu, write_gpu_profile
 from haq.simulators.gpu_reference import GPU_REFERENCE_COLUMNS, H100_CSV, ReferenceGpuHardware

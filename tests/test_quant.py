@@ -15,9 +15,9 @@ import torchvision
 from torch import nn
 
 from haq.data import DataSplits, Split
+from haq.fold import fold_batchnorm
 from haq.quant.calibration import ActivationStats, calibrate, collect_stats
 from haq.quant.evaluator import Evaluator
-from haq.fold import fold_batchnorm
 from haq.quant.qlayer import QuantLayer
 from haq.quant.quantizers import activation_params, quantize_weight
 from haq.scheme import QuantScheme

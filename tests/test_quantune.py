@@ -17,7 +17,6 @@ import torch
 import torchvision
 
 from haq.errors import ConfigError, DataError
-from haq.scheme import QuantScheme
 from haq.methods.quantune.arch import (
     REFERENCE_ARCHITECTURES,
     REFERENCE_TORCHVISION,
@@ -37,6 +36,7 @@ from haq.methods.quantune.space import ConfigEncoder, QuantuneConfig, global_con
 from haq.methods.quantune.surrogate import Observations, SurrogateOptions, search_finite, select
 from haq.methods.quantune.table import PAPER_FP32_TOP1, load_reference_table
 from haq.problem import EvaluationLimitReached
+from haq.scheme import QuantScheme
 
 from .conftest import DATA
 
