@@ -196,10 +196,11 @@ def open_ledger(
     replay: dict[int, dict[str, Any]] | None = None,
     checkpoint_dir: Path | None = None,
     pool: EvaluationPool | None = None,
+    max_batch: int | None = None,
 ) -> Ledger:
     """The ledger one run of ``spec`` on ``problem`` measures through."""
     return Ledger(problem, ws.evaluator, method=spec.name, pool=pool, recorder=recorder, on_trial=on_trial,
-                  replay=replay, checkpoint_dir=checkpoint_dir)
+                  replay=replay, checkpoint_dir=checkpoint_dir, max_batch=max_batch)
 
 
 def search(

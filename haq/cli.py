@@ -154,7 +154,7 @@ def search(
     opts = _options(option)
     if tensorboard is not None:
         opts["tensorboard_dir"] = str(tensorboard)
-    flags = dict(
+    flags: dict[str, Any] = dict(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
         hardware=hardware, budget=tuple(budget) if budget else None, method=method, seed=seed,
         max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin, calibration=calibration,
@@ -211,7 +211,7 @@ def compare(
     from haq.compare import to_markdown
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    flags = dict(
+    flags: dict[str, Any] = dict(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
         hardware=hardware, budget=tuple(budget) if budget else None, method=names[0] if names else "uniform",
         seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,

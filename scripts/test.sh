@@ -11,6 +11,6 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest -q -ra "$@"
 fi
 echo "== ruff" && .venv/bin/ruff check .
-echo "== mypy" && bash scripts/typecheck.sh
+echo "== mypy + import contracts" && bash scripts/typecheck.sh
 echo "== pytest" && .venv/bin/python -m pytest -q -ra --timeout=900
 echo "== benchmarks (quick)" && .venv/bin/python benchmarks/run_all.py --quick

@@ -25,15 +25,15 @@ from haq.layers import LayerSpec, describe
 from haq.simulators import HardwareModel, get_hardware, list_hardware
 from haq.simulators.gpu_profiling import gpu_layer_row, gpu_profile_frame, profile_gpu, write_gpu_profile
 from haq.simulators.gpu_reference import GPU_REFERENCE_COLUMNS, H100_CSV, ReferenceGpuHardware
-from haq.simulators.measured import CpuProfileHardware, TableHardware, cpu_model_name, profile_machine
-from haq.simulators.profile_csv import gemm_shape, read_profile, shape_key, write_profile
-from haq.simulators.profiling import (
-    CPU_PAIRS,
+from haq.simulators.measured import (
+    CpuProfileHardware,
+    TableHardware,
     check_end_to_end,
-    end_to_end_fp32,
-    end_to_end_int8,
-    profile_cpu,
+    cpu_model_name,
+    profile_machine,
 )
+from haq.simulators.profile_csv import gemm_shape, read_profile, shape_key, write_profile
+from haq.simulators.profiling import CPU_PAIRS, end_to_end_fp32, end_to_end_int8, profile_cpu
 
 
 @pytest.fixture(autouse=True)

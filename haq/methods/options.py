@@ -92,28 +92,26 @@ def coerce(value: Any, annotation: Any, what: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         raise ConfigError(f"{what}={value!r} must be true or false")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{what}={value!r} must be an integer")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"{what}={value!r} must be an integer") from None
-        if not math.isfinite(number) or not number.is_integer():
-            raise ConfigError(f"{what}={value!r} must be an integer")
-        return int(number)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{what}={value!r} must be a number")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"{what}={value!r} must be a number") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"{what}={value!r} must be a finite number")
-        return number
+    if annotation in (int, float):
+        return _number(value, annotation, what)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{what}={value!r} must be text")
         return value
     return value
+
+
+def _number(value: Any, kind: type, what: str) -> int | float:
+    """A finite number (an integer when ``kind`` is int) from a number or its text."""
+    expected = "an integer" if kind is int else "a number"
+    number = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or (kind is int and math.isfinite(number) and not number.is_integer()):
+        raise ConfigError(f"{what}={value!r} must be {expected}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{what}={value!r} must be a finite number")
+    return int(number) if kind is int else number

@@ -84,7 +84,7 @@ def run_pareto(problem: SearchProblem, ledger: Ledger, options: ParetoOptions) -
             study.enqueue_trial({**{f"w{i}": int(near[i]) for i in free}, **{f"a{i}": int(near[i]) for i in free}})
             enqueued += 1
     n_asked = 0
-    while True:
+    while ledger.remaining > 0:
         if ledger.remaining == 1 and ledger.best is None:
             # The last evaluation is kept for a feasible answer: the most accurate point so
             # far, lowered to the budget with HAQ's loop.
@@ -117,6 +117,7 @@ def run_pareto(problem: SearchProblem, ledger: Ledger, options: ParetoOptions) -
                 trial.set_constraint("accuracy_drop", float(target - result.accuracy))
             primary = cost.get(key)
             study.tell(trial, [result.accuracy, float(primary) if primary is not None and np.isfinite(primary) else 1e30])
+    return {}
 
 
 SPEC = MethodSpec(

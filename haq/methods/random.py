@@ -51,9 +51,9 @@ def run_random(problem: SearchProblem, ledger: Ledger, options: RandomOptions) -
         seen.add(key)
         return Proposal(w, a)
 
-    while True:
-        n = min(options.batch_size, max(ledger.remaining, 1))
-        ledger.evaluate_many([draw() for _ in range(n)])
+    while ledger.remaining > 0:
+        ledger.evaluate_many([draw() for _ in range(min(options.batch_size, ledger.remaining))])
+    return {}
 
 
 SPEC = MethodSpec(
