@@ -35,18 +35,47 @@ def test_embedded_models_have_the_documented_layers(mobilenet, resnet):
     assert len(res) == 10 and any("downsample" in s.name for s in res)
 
 
+def test_the_shipped_weights_are_the_released_ones_on_every_machine(mobilenet):
+    import hashlib
+    from importlib import resources
+
+    from haq.digits_models import SHIPPED_SHA256
+
+    for arch, digest in SHIPPED_SHA256.items():
+        assert hashlib.sha256(resources.files("haq").joinpath(f"weights/{arch}.pt").read_bytes()).hexdigest() == digest
+    shipped = torch.load(resources.files("haq").joinpath("weights/digits-mobilenet.pt").open("rb"), weights_only=True)
+    assert all(torch.equal(v, mobilenet.module.state_dict()[k]) for k, v in shipped.items())
+
+
+def test_tampered_shipped_weights_are_refused_with_one_line(monkeypatch):
+    import haq.digits_models as dm
+
+    monkeypatch.setitem(dm.SHIPPED_SHA256, "digits-resnet", "0" * 64)
+    with pytest.raises(ModelError, match="do not match their SHA-256; reinstall haq"):
+        dm.load_digits_model("digits-resnet")
+
+
+@pytest.mark.slow
+def test_retraining_with_our_code_reproduces_at_least_98_5_percent(digits):
+    from haq.digits_models import train_digits_model
+
+    model, acc = train_digits_model(TrainRecipe("digits-mobilenet"))
+    assert acc >= 0.985 and _accuracy(model, digits.test) == pytest.approx(acc)
+
+
 def test_a_corrupted_cache_file_is_retrained_not_trusted(mobilenet, digits):
     from dataclasses import asdict
 
     from haq.cache import content_key
 
+    load_digits_model("digits-resnet", retrain=True)  # trained and cached (a fresh clone has no cache)
     key = content_key(asdict(TrainRecipe("digits-resnet")))
     weights = cache_dir("models") / f"digits-resnet-{key}.pt"
     meta = json.loads((cache_dir("models") / f"digits-resnet-{key}.json").read_text())
     good = weights.read_bytes()
     try:
         weights.write_bytes(good[:100])  # truncated: hash no longer matches
-        model = load_digits_model("digits-resnet")  # retrains (deterministic recipe)
+        model = load_digits_model("digits-resnet", retrain=True)  # retrains (deterministic recipe)
         assert _accuracy(model, digits.test) >= 0.985
         assert json.loads((cache_dir("models") / f"digits-resnet-{key}.json").read_text())["sha256"] == meta["sha256"]
     finally:
