@@ -45,6 +45,12 @@ class TimedEvaluator:
     def with_scheme(self, scheme):
         return self if scheme == self.scheme else self.inner.with_scheme(scheme)
 
+    def fidelities(self, policies):
+        return self.inner.fidelities(policies)
+
+    def split_size(self, split):
+        return self.inner.split_size(split)
+
     def fp32_accuracy(self, split="val"):
         return self.inner.fp32_accuracy(split)
 

@@ -148,7 +148,7 @@ class MixedPrecisionEnv(gym.Env):
 
     ## Arguments
     ```python
-    gymnasium.make("haq/MixedPrecision-v0")  # digits-mobilenet, bitfusion, latency=0.7 (haq.config.DEFAULT_BUDGET)
+    gymnasium.make("haq/MixedPrecision-v0")  # digits-mobilenet, bismo-edge, latency=0.6 (haq.config defaults)
     gymnasium.make("haq/MixedPrecision-v0", model="digits-resnet", hardware="bismo-edge",
                    budget="energy=0.5", pin="none", min_bits=2, max_bits=8)
     MixedPrecisionEnv(problem, ledger)  # an existing haq.problem.SearchProblem and its ledger

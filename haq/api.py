@@ -49,7 +49,7 @@ class Workspace:
 
 
 def load_model_and_data(
-    model: str, weights: str | Path | None, data: str | None, input_size: int | None
+    model: str, weights: str | Path | None, data: str | None, input_size: int | None, unlabeled: str | None = None
 ) -> tuple[LoadedModel, DataSplits, list[LayerSpec]]:
     """The model, its data splits and its layer descriptions (what every accuracy needs)."""
     loaded = load_model(model, weights, input_size=input_size)
@@ -59,7 +59,7 @@ def load_model_and_data(
             f"model {model} needs data to measure accuracy: pass --data imagefolder:PATH "
             "(or use `haq cost`, which needs none)"
         )
-    splits = load_data(spec, image_size=input_size)
+    splits = load_data(spec, image_size=input_size, unlabeled=unlabeled)
     if tuple(splits.input_shape) != tuple(loaded.input_shape) and input_size is None:
         loaded.input_shape = tuple(splits.input_shape)  # type: ignore[assignment]
     return loaded, splits, describe(loaded.module, loaded.input_shape)
@@ -68,7 +68,8 @@ def load_model_and_data(
 def prepare(config: SearchConfig) -> Workspace:
     """Load everything a search needs (the embedded models are shipped trained)."""
     hardware = get_hardware(config.hardware)
-    loaded, data, layers = load_model_and_data(config.model, config.weights, config.data, config.input_size)
+    loaded, data, layers = load_model_and_data(config.model, config.weights, config.data, config.input_size,
+                                               config.unlabeled)
     evaluator = Evaluator(loaded.module, data, config.scheme, layers)
     table = hardware.cost_table(layers, config.hardware_batch)
     return Workspace(loaded, data, layers, evaluator, hardware, table, CostModel(layers, table))
@@ -150,6 +151,8 @@ def make_problem(config: SearchConfig, ws: Workspace, options: Any = None) -> Se
         seed=config.seed,
         max_evaluations=config.max_evaluations or spec.default_evaluations,
         max_accuracy_drop=config.max_accuracy_drop,
+        select=config.select,
+        select_top_k=config.select_top_k,
     )
 
 
@@ -215,7 +218,7 @@ def search(
     """Run one search and return its :class:`~haq.methods.SearchResult`.
 
     ``config`` is a :class:`SearchConfig`, a config file (``.json``/``.toml``) or None (the
-    defaults: digits-mobilenet on bitfusion at ``latency=0.7``, method ``rl``). Keyword
+    defaults: digits-mobilenet on bismo-edge at ``latency=0.6``, method ``rl``). Keyword
     arguments override it: :class:`SearchConfig` fields (``model``, ``hardware``, ``budget``,
     ``method``, ``seed``, ``max_evaluations``, ``data``, ``pin``, ``max_accuracy_drop``...),
     ``episodes`` (= ``max_evaluations``), and the method's options (``warmup_episodes=10``,
@@ -228,21 +231,27 @@ def search(
     cfg = config_from(config, **overrides)
     spec = get_method(cfg.method)
     options = method_options(cfg)
+    if workspace is not None and (workspace.hardware.name, workspace.model.name) != (cfg.hardware, cfg.model):
+        raise ConfigError(
+            f"the workspace holds {workspace.model.name} on {workspace.hardware.name}, the search asks for "
+            f"{cfg.model} on {cfg.hardware}; pass model= and hardware= matching the workspace"
+        )
     if out is None:
         ws = workspace or prepare(cfg)
         problem = make_problem(cfg, ws, options)
         return run_method(spec, problem, open_ledger(problem, ws, spec, on_trial=on_trial), options)
     run = RunDir(out)
-    run.check_available(cfg.to_dict(), resume)  # before any work: a busy or mismatched run dir fails now
+    run.check_available(cfg.to_dict(), resume, ignore=("fidelity",))  # a busy or mismatched run dir fails now
     ws = workspace or prepare(cfg)
     problem = make_problem(cfg, ws, options)  # every input is known good before --out is touched
-    run.open(cfg.to_dict(), resume)
+    record = {**cfg.to_dict(), "fidelity": ws.data.fidelity_description()}
+    run.open(record, resume)
     try:
         writer = run.history_writer()
         ledger = open_ledger(problem, ws, spec, recorder=writer, on_trial=on_trial,
                              replay=writer.replay() if resume else None, checkpoint_dir=run.checkpoint)
         result = run_method(spec, problem, ledger, options)
-        run.write_result(result, cfg.to_dict())
+        run.write_result(result, record)
         return result
     finally:
         run.release()
@@ -258,7 +267,7 @@ def make_env(
     """``gymnasium.make("haq/MixedPrecision-v0", **kwargs)``: a
     :class:`~haq.envs.quantization_env.MixedPrecisionEnv` over the problem of
     :class:`SearchConfig` fields ``config`` (defaults: the embedded digits-mobilenet on
-    bitfusion at latency=0.7), measuring through its own ledger; unlimited evaluations
+    bismo-edge at latency=0.6), measuring through its own ledger; unlimited evaluations
     unless ``max_evaluations`` is given. ``problem`` (and its ``ledger``) use an existing
     problem instead of building one."""
     import sys

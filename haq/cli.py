@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from haq.config import DEFAULT_BUDGET, DEFAULT_CALIBRATION
+from haq.config import DEFAULT_BUDGET, DEFAULT_CALIBRATION, DEFAULT_HARDWARE, DEFAULT_SELECT
 
 app = typer.Typer(
     help="Hardware-aware mixed-precision quantization search (HAQ, HAWQ-V3, HAGO, Quantune, baselines).",
@@ -34,6 +34,9 @@ CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax
 WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
 ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmetric|unsigned|power-of-two -per-tensor")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+SelectOpt = Annotated[str, typer.Option("--select", help="how the returned policy is chosen: kl (default: the top candidates by validation accuracy re-ranked by KL to fp32 on every non-test image), agreement, or val (HAQ's: highest validation accuracy)")]
+TopKOpt = Annotated[int, typer.Option("--select-top-k", help="candidates the kl/agreement re-ranking looks at")]
+UnlabeledOpt = Annotated[Path | None, typer.Option("--unlabeled", help="folder of extra unlabeled images for the fidelity set (ImageFolder data)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="a .json or .toml config (e.g. a run's config.json); flags given override it")]
 
 
@@ -122,7 +125,7 @@ def search(
     weights: WeightsOpt = None,
     data: DataOpt = None,
     input_size: InputSizeOpt = None,
-    hardware: HardwareOpt = "bitfusion",
+    hardware: HardwareOpt = DEFAULT_HARDWARE,
     budget: BudgetOpt = None,
     method: Annotated[str, typer.Option("--method", help="rl, hawq, hago, quantune, pareto, random, uniform (haq list methods)")] = "rl",
     episodes: Annotated[int | None, typer.Option("--episodes", help="RL episodes (= evaluations; default 300)")] = None,
@@ -139,6 +142,9 @@ def search(
     option: Annotated[list[str] | None, typer.Option("--option", help="method option KEY=VALUE (repeatable; haq list options)")] = None,
     tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="RL: TensorBoard log dir")] = None,
     max_accuracy_drop: DropOpt = None,
+    select: SelectOpt = DEFAULT_SELECT,
+    select_top_k: TopKOpt = 8,
+    unlabeled: UnlabeledOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Search per-layer bitwidths under a budget; writes a run directory."""
@@ -159,6 +165,7 @@ def search(
         hardware=hardware, budget=tuple(budget) if budget else None, method=method, seed=seed,
         max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin, calibration=calibration,
         weight_quant=weight_quant, act_quant=act_quant, options=opts, max_accuracy_drop=max_accuracy_drop,
+        select=select, select_top_k=select_top_k, unlabeled=str(unlabeled) if unlabeled else None,
     )
     cfg = _search_config(ctx, config, flags)
     if out is None:
@@ -173,8 +180,11 @@ def search(
     except SearchInterrupted as exc:  # the method saved its checkpoint first
         print(f"haq: {exc}", file=sys.stderr)
         raise typer.Exit(128 + exc.signum) from None
-    from haq.report import policy_table
+    from haq.report import noise_warning, policy_table
 
+    warning = noise_warning(result)
+    if warning:
+        print(f"haq: warning: {warning}", file=sys.stderr)
     con.print(policy_table(result, cfg))
     con.print(f"run directory: {out}  (policy.json, history.csv, plots/)")
 
@@ -188,7 +198,7 @@ def compare(
     weights: WeightsOpt = None,
     data: DataOpt = None,
     input_size: InputSizeOpt = None,
-    hardware: HardwareOpt = "bitfusion",
+    hardware: HardwareOpt = DEFAULT_HARDWARE,
     budget: BudgetOpt = None,
     methods: Annotated[str, typer.Option("--methods", help="comma-separated methods")] = "rl,hawq,hago,quantune,random,uniform",
     max_evaluations: Annotated[int, typer.Option("--max-evaluations", help="per method and seed")] = 100,
@@ -204,6 +214,9 @@ def compare(
     weight_quant: WeightQuantOpt = "symmetric-per-channel",
     act_quant: ActQuantOpt = "asymmetric-per-tensor",
     max_accuracy_drop: DropOpt = None,
+    select: SelectOpt = DEFAULT_SELECT,
+    select_top_k: TopKOpt = 8,
+    unlabeled: UnlabeledOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run several methods on the same problem and evaluation limit; write a comparison."""
@@ -216,7 +229,8 @@ def compare(
         hardware=hardware, budget=tuple(budget) if budget else None, method=names[0] if names else "uniform",
         seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
         calibration=calibration, weight_quant=weight_quant, act_quant=act_quant, options={},
-        max_accuracy_drop=max_accuracy_drop,
+        max_accuracy_drop=max_accuracy_drop, select=select, select_top_k=select_top_k,
+        unlabeled=str(unlabeled) if unlabeled else None,
     )
     cfg = _search_config(ctx, config, flags, method_flag="methods")
     if out is None:

@@ -8,6 +8,13 @@ transformed once and kept as one ``(N, C, H, W)`` float tensor. Three splits are
 * ``val`` - what every search method measures accuracy on.
 * ``test`` - measured once per final policy; never seen by a search.
 
+Beside them the *fidelity set* (:meth:`DataSplits.fidelity_parts`): every image a search may
+see - the training images when the data set has them (they include the calibration ones),
+else the calibration split, the validation split, and optional unlabeled extra images
+(``--unlabeled PATH``) - never the test split. Labels are not needed there: a policy is judged
+by how closely its outputs follow the float model's (KL divergence, top-1 agreement), a
+low-variance signal on many more images than the labelled validation split.
+
 Sources: ``digits`` (scikit-learn's bundled 8x8 handwritten digits: no download) and
 ``imagefolder:PATH`` (torchvision ``ImageFolder``, standard ImageNet transforms).
 """
@@ -52,6 +59,20 @@ class DataSplits:
     val: Split
     test: Split
     train: Split | None = None  #: only the embedded data set has one (to train the default models)
+    unlabeled: Split | None = None  #: extra images without labels (y = -1), fidelity set only
+
+    def fidelity_parts(self) -> list[Split]:
+        """The fidelity set as parts, not concatenated (a copy of ImageNet-sized images would
+        double the memory): training (or calibration) images, validation, unlabeled."""
+        parts = [self.train if self.train is not None else self.calib, self.val]
+        return parts + ([self.unlabeled] if self.unlabeled is not None else [])
+
+    def fidelity_description(self) -> dict[str, object]:
+        """Size and source of the fidelity set, for config.json."""
+        first = "train" if self.train is not None else "calib"
+        sources = [first, "val"] + (["unlabeled"] if self.unlabeled is not None else [])
+        return {"images": sum(len(p) for p in self.fidelity_parts()), "source": " + ".join(sources),
+                "labelled_validation_images": len(self.val)}
 
     def split(self, name: str) -> Split:
         if name not in (*SPLITS, "train") or (name == "train" and self.train is None):
@@ -110,18 +131,13 @@ def load_imagefolder(
     ``fractions`` are (calib, val, test). At most ``max_images`` images are loaded in all
     (a search needs a little data, not the whole set).
     """
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; pass --data imagefolder:PATH with one sub-folder per class")
     _check_imagefolder(root)
-    tf = transforms.Compose([
-        transforms.Resize(int(round(image_size * 256 / 224))),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    tf = _imagenet_transform(image_size)
     try:
         ds = datasets.ImageFolder(str(root), transform=tf)
     except (FileNotFoundError, RuntimeError) as exc:
@@ -167,6 +183,17 @@ def load_imagefolder(
     )
 
 
+def _imagenet_transform(image_size: int):  # noqa: ANN202 - a torchvision transform
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(int(round(image_size * 256 / 224))),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
 def _check_imagefolder(root: Path) -> None:
     classes = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     if not classes:
@@ -186,12 +213,45 @@ def _check_imagefolder(root: Path) -> None:
         raise DataError(f"data folder {root} is empty: its class folders hold no images")
 
 
-def load_data(spec: str, image_size: int | None = None, calibration_images: int | None = None) -> DataSplits:
-    """Data from a CLI spec: ``digits`` or ``imagefolder:PATH``."""
+def load_unlabeled(root: str | Path, image_size: int = 224, max_images: int | None = 5000) -> Split:
+    """Every image below ``root`` (any layout, no labels: ``y`` is -1), with the ImageNet
+    evaluation transform - extra images for the fidelity set."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"--unlabeled {root} is not a folder of images; pass a folder (any layout) or drop --unlabeled")
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"--unlabeled {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    tf = _imagenet_transform(image_size)
+    xs = []
+    for f in files[:max_images]:
+        try:
+            with Image.open(f) as img:
+                xs.append(tf(img.convert("RGB")))
+        except (OSError, UnidentifiedImageError):
+            raise DataError(f"image {f} cannot be read; remove or replace it") from None
+    return Split(torch.stack(xs), torch.full((len(xs),), -1, dtype=torch.int64))
+
+
+def load_data(
+    spec: str, image_size: int | None = None, calibration_images: int | None = None, unlabeled: str | None = None
+) -> DataSplits:
+    """Data from a CLI spec: ``digits`` or ``imagefolder:PATH``; ``unlabeled`` = a folder of
+    extra images for the fidelity set."""
     if spec == "digits":
+        if unlabeled is not None:
+            raise DataError("--unlabeled adds images to an ImageFolder's fidelity set; the digits data uses its "
+                            "training images already - drop --unlabeled")
         return load_digits(calibration_images=calibration_images or 256)
     if spec.startswith("imagefolder:"):
-        return load_imagefolder(spec[len("imagefolder:") :], image_size=image_size or 224)
+        data = load_imagefolder(spec[len("imagefolder:") :], image_size=image_size or 224)
+        if unlabeled is not None:
+            from dataclasses import replace
+
+            data = replace(data, unlabeled=load_unlabeled(unlabeled, image_size or 224))
+        return data
     import difflib
 
     close = difflib.get_close_matches(spec, list(DATA_SOURCES), n=2)

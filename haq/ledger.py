@@ -168,6 +168,15 @@ class Ledger:
         item = (np.asarray(w_bits, dtype=np.int64), np.asarray(a_bits, dtype=np.int64), scheme or self.problem.scheme)
         return float(ev.accuracies([item], "test")[0])
 
+    def fidelities(self, trials: Sequence[Trial]) -> list[tuple[float, float]]:
+        """``(kl, agreement)`` of each trial's policy against the float model on the fidelity
+        set, for the final choice of a search (not counted as evaluations)."""
+        return self._evaluator.fidelities([(t.w_bits, t.a_bits, t.scheme or self.problem.scheme) for t in trials])
+
+    def split_size(self, split: str) -> int:
+        """Images in ``split`` (``val``, ``test``, ``fidelity``...)."""
+        return int(self._evaluator.split_size(split))
+
     def lookup(self, proposal: Proposal) -> float | None:
         """The accuracy of ``proposal`` if this run measured it already, else None."""
         return self._known.get(self._normal(proposal).key)

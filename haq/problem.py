@@ -128,6 +128,15 @@ class Measures(ModelAccess, Protocol):
         """Top-1 accuracy in [0, 1] of the float model on ``split``."""
         ...
 
+    def split_size(self, split: str) -> int:
+        """Images in ``split`` (``calib``, ``val``, ``test`` or ``fidelity``)."""
+        ...
+
+    def fidelities(self, policies: Sequence[tuple[np.ndarray, np.ndarray, QuantScheme]]) -> list[tuple[float, float]]:
+        """``(kl, agreement)`` of each policy's outputs against the float model's on the
+        fidelity set (every image a search may see, never test)."""
+        ...
+
     def with_scheme(self, scheme: QuantScheme) -> Measures:
         """The same model and data under another global scheme."""
         ...
@@ -152,6 +161,13 @@ class SearchProblem:
         max_accuracy_drop: the other question users ask (design §8): the *cheapest* policy
             (on the budget's first cost) whose validation accuracy is within this many
             percent points of fp32. None = the most accurate policy within the budget.
+        select: how the returned policy is chosen among the measured ones (the most accurate
+            question): ``val`` (highest validation accuracy, HAQ's rule), ``kl`` or
+            ``agreement`` (the ``select_top_k`` distinct feasible policies with the highest
+            validation accuracy, re-ranked by KL divergence to / top-1 agreement with the
+            float model on the fidelity set - low-variance signals on every image a search
+            may see).
+        select_top_k: candidates the re-ranking looks at.
     """
 
     model_name: str
@@ -166,6 +182,8 @@ class SearchProblem:
     seed: int = 0
     max_evaluations: int = 300
     max_accuracy_drop: float | None = None
+    select: str = "val"
+    select_top_k: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))

@@ -21,6 +21,7 @@ from haq.policy import Policy, parse_policy
 from haq.quant.evaluator import Evaluator
 from haq.scheme import QuantScheme
 from haq.simulators import HardwareModel, check_policy_bits, get_hardware, snap_bits
+from haq.stats import accuracy_text, resolvable_difference
 
 
 def _fit_to_hardware(policy: Policy, layers: list[LayerSpec], hw: HardwareModel, round_up: bool) -> Policy:
@@ -156,8 +157,11 @@ def policy_table(result, config) -> Any:  # noqa: ANN001 - SearchResult, SearchC
     if frame[col].isna().all():
         col = "bops_g"
     share = frame[col] / max(float(frame[col].sum()), 1e-30)
+    ratio = m.get(f"{key}_vs_uniform8")
+    at = f" at {ratio:.3f}x uniform 8-bit {key}" if ratio is not None else ""
     title = (f"{config.method} on {config.model} / {config.hardware}, budget {', '.join(config.budget)}: "
-             f"test acc {100 * m['accuracy']:.2f}% (fp32 {100 * m['fp32_accuracy']:.2f}%)")
+             f"test acc {accuracy_text(m)} (fp32 {accuracy_text(m, 'fp32_accuracy')}){at}; "
+             f"chosen by {result.best_policy.search.get('select', 'val')}")
     drop = getattr(config, "max_accuracy_drop", None)
     if drop is not None:
         met = result.best_policy.search.get("accuracy_drop_met")
@@ -171,6 +175,21 @@ def policy_table(result, config) -> Any:  # noqa: ANN001 - SearchResult, SearchC
     t.add_row("total", "", "", "", f"{_fmt(m.get('latency_ms'), ' ms')}, {_fmt(m.get('energy_mj'), ' mJ')}, "
               f"{m['size_mib']:.4g} MiB, {m['bops_g']:.4g} GBOPs")
     return t
+
+
+def noise_warning(result) -> str | None:  # noqa: ANN001 - SearchResult
+    """One line when the validation split cannot tell a 1-point accuracy difference apart (a
+    95 % interval wider than +-0.5 pt), else None."""
+    m = result.best_policy.metrics
+    acc, n = m.get("val_accuracy"), m.get("val_accuracy_n")
+    if acc is None or not n:
+        return None
+    half = resolvable_difference(float(acc), int(n))
+    if half <= 0.005:
+        return None
+    return (f"the validation split ({int(n)} images) resolves accuracy only to +-{100 * half:.1f} pt at "
+            f"{100 * float(acc):.1f}%: policies closer than that are within noise - the default --select kl "
+            "re-ranks them on every non-test image; more images (--unlabeled, a larger --data) narrow it")
 
 
 def profile_model(hardware: str, model: str, input_size: int | None, batch: int, out: Path | None, quiet: bool):  # noqa: ANN201

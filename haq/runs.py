@@ -38,6 +38,7 @@ from haq.history import HISTORY_COLUMNS, pareto_front, read_history
 from haq.methods import SearchResult
 from haq.plots import plot_run
 from haq.policy import Policy
+from haq.stats import accuracy_text, wilson_interval, within_noise
 
 
 class HistoryWriter:
@@ -91,7 +92,7 @@ class RunDir:
     def checkpoint(self) -> Path:
         return self.path / "checkpoint"
 
-    def check_available(self, config: dict[str, Any], resume: bool) -> None:
+    def check_available(self, config: dict[str, Any], resume: bool, ignore: tuple[str, ...] = ()) -> None:
         """Refuse, without writing anything, a run directory this search cannot use: one that
         holds another run (without ``resume``), none or another configuration (with it), or
         one a live process is working in."""
@@ -108,7 +109,7 @@ class RunDir:
                 old = json.loads(cfg_path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise RunDirError(f"--resume: {cfg_path} is not valid JSON; start a new run with another --out") from None
-            diff = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
+            diff = [k for k in sorted(set(old) | set(config)) if k not in ignore and old.get(k) != config.get(k)]
             if diff:
                 k = diff[0]
                 raise RunDirError(
@@ -214,8 +215,10 @@ def summary_markdown(result: SearchResult, config: dict[str, Any]) -> str:
         *_drop_line(p.search, config),
         f"- evaluations: {result.evaluations}{_repeats(result)}, wall time {result.wall_s:.1f} s, "
         f"seed {config.get('seed')}",
-        f"- test accuracy: {_pct(m.get('accuracy'))} (fp32 {_pct(m.get('fp32_accuracy'))}; "
-        f"validation {_pct(m.get('val_accuracy'))})",
+        f"- test accuracy: {accuracy_text(m)} (fp32 {accuracy_text(m, 'fp32_accuracy')}; "
+        f"validation {accuracy_text(m, 'val_accuracy')}); 95 % Wilson intervals",
+        *_noise_line(m),
+        f"- chosen by: {_rule_text(p.search.get('select', 'val'))}",
         f"- latency {_num(m.get('latency_ms'), 'ms')}, energy {_num(m.get('energy_mj'), 'mJ')}, "
         f"size {_num(m.get('size_mib'), 'MiB')}, {_num(m.get('bops_g'), 'GBOPs')}",
         "",
@@ -223,7 +226,46 @@ def summary_markdown(result: SearchResult, config: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {lb.name} | {lb.kind} | {lb.w_bits} | {lb.a_bits} |" for lb in p.layers]
+    lines += _selection_lines(result)
     return "\n".join(lines) + "\n"
+
+
+_RULES = {
+    "val": "the highest validation accuracy (HAQ's rule)",
+    "kl": "the lowest KL divergence to fp32 on the fidelity set among the top candidates by validation accuracy",
+    "agreement": "the highest top-1 agreement with fp32 on the fidelity set among the top candidates by validation accuracy",
+}
+
+
+def _rule_text(rule: str) -> str:
+    return _RULES.get(rule, rule)
+
+
+def _noise_line(m: Mapping[str, Any]) -> list[str]:
+    acc, fp32, n = m.get("accuracy"), m.get("fp32_accuracy"), m.get("accuracy_n")
+    if acc is None or fp32 is None or not n:
+        return []
+    if within_noise(float(acc), float(fp32), int(n)):
+        return [f"- the policy's test accuracy is within noise of fp32 (overlapping 95 % intervals on {int(n)} images)"]
+    return [f"- the policy's test accuracy is below fp32 beyond noise ({100 * (float(fp32) - float(acc)):.2f} pt)"]
+
+
+def _selection_lines(result: SearchResult) -> list[str]:
+    rows = result.extras.get("selection") or []
+    if not rows:
+        return []
+    top = max(r["val_accuracy"] for r in rows)
+    n = int(rows[0].get("val_n") or 0)
+    out = ["", "## The candidates re-ranked (validation accuracy is noisy; KL/agreement on the fidelity set are not)", "",
+           "| trial | val accuracy | KL to fp32 | top-1 agreement | within noise of the best val | chosen |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = wilson_interval(r["val_accuracy"], n) if n else (None, None)
+        ci = f" [{100 * lo:.1f}-{100 * hi:.1f}]" if lo is not None else ""
+        noise = "yes" if n and within_noise(r["val_accuracy"], top, n) else "no"
+        out.append(f"| {r['trial']} | {100 * r['val_accuracy']:.2f}%{ci} | {r['kl']:.4f} | {100 * r['agreement']:.2f}% | "
+                   f"{noise} | {'**yes**' if r['chosen'] else ''} |")
+    return out
 
 
 def _repeats(result: SearchResult) -> str:
@@ -240,10 +282,6 @@ def _drop_line(search: Mapping[str, Any], config: dict[str, Any]) -> list[str]:
     met = "met: the cheapest policy measured within it" if search.get("accuracy_drop_met") else (
         "NOT met by any policy measured: this is the most accurate one; raise --max-evaluations or the drop")
     return [f"- max accuracy drop: {drop} pt of fp32 (validation), {met}"]
-
-
-def _pct(v: Any) -> str:
-    return "n/a" if v is None else f"{100 * float(v):.2f}%"
 
 
 def _num(v: Any, unit: str) -> str:

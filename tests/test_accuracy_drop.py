@@ -20,9 +20,9 @@ def workspace():
     return prepare(SearchConfig(hardware="bismo-edge"))
 
 
-def _run(workspace, drop, n=24, budget="latency=1.0"):
+def _run(workspace, drop, n=24, budget="latency=1.0", select="val"):
     cfg = SearchConfig(hardware="bismo-edge", budget=(budget,), method="pareto", max_evaluations=n,
-                       options={"population_size": 8}, max_accuracy_drop=drop)
+                       options={"population_size": 8}, max_accuracy_drop=drop, select=select)
     problem, ledger, result = solve(cfg, workspace)
     return problem, ledger, result
 

@@ -84,7 +84,7 @@ def test_evaluate_json_reports_accuracy_size_and_bops():
         (["search", "--budget", "latncy=0.5"], ["unknown: did you mean latency"]),
         (["search", "--episodes", "0"], ["--episodes 0: must be at least 1"]),
         (["cost", "--model", "resnet18", "--weights", "nope.pt"], ["weights file nope.pt does not exist"]),
-        (["search", "--budget", "latency=0.1", "--method", "uniform"], ["latency=0.1 is below the cheapest reachable", "of 8-bit on bitfusion"]),
+        (["search", "--budget", "latency=0.1", "--method", "uniform"], ["latency=0.1 is below the cheapest reachable", "of 8-bit on bismo-edge"]),
         (["plot", "."], ["is not a run directory"]),
     ],
 )

@@ -27,7 +27,7 @@ def ws():
 @pytest.fixture(scope="module")
 def tight(ws):
     """A budget the walk alone misses on BitFusion (0.7 x uniform 8-bit latency)."""
-    return search(budget="latency=0.7", method="hago", workspace=ws, max_evaluations=60)
+    return search(hardware="bitfusion", budget="latency=0.7", method="hago", workspace=ws, max_evaluations=60)
 
 
 def _rows(history):
@@ -64,7 +64,7 @@ def test_walk_only_builds_on_steps_that_kept_accuracy_and_ties_go_to_fewer_bits(
 
 
 def test_keep_bits_ties_keep_the_higher_bits(ws):
-    res = search(budget="latency=1.0", method="hago", workspace=ws, max_evaluations=12, ties="keep-bits")
+    res = search(hardware="bitfusion", budget="latency=1.0", method="hago", workspace=ws, max_evaluations=12, ties="keep-bits")
     rows = _rows(res.history)
     (w, a, acc), ties_met = _replay_walk(rows, "keep-bits")
     assert ties_met > 0
@@ -93,15 +93,15 @@ def test_every_trial_uses_only_bitfusion_bits_and_pinned_layers_stay_at_8(tight)
 def test_policy_records_hagos_threshold_scheme(tight, ws):
     assert tight.best_policy.quant.calibration == "avg-minmax"
     assert tight.best_policy.quant.calibration_images == 128
-    kl = search(budget="latency=1.0", method="hago", workspace=ws, max_evaluations=1, threshold="kl")
+    kl = search(hardware="bitfusion", budget="latency=1.0", method="hago", workspace=ws, max_evaluations=1, threshold="kl")
     assert kl.best_policy.quant.calibration == "entropy"
-    own = search(budget="latency=1.0", method="hago", workspace=ws, max_evaluations=1, threshold="scheme")
+    own = search(hardware="bitfusion", budget="latency=1.0", method="hago", workspace=ws, max_evaluations=1, threshold="scheme")
     assert own.best_policy.quant == ws.evaluator.scheme
     assert ws.evaluator.scheme.calibration == "percentile:99.99", "the workspace's evaluator is left alone"
 
 
 def test_respects_max_evaluations_keeps_the_last_for_a_feasible_policy_and_is_deterministic(tight, ws):
-    short = search(budget="latency=0.7", method="hago", workspace=ws, max_evaluations=6)
+    short = search(hardware="bitfusion", budget="latency=0.7", method="hago", workspace=ws, max_evaluations=6)
     assert short.evaluations == len(short.history) == 6
     assert not short.history.feasible.iloc[:5].any() and short.history.feasible.iloc[5]
     assert short.best_policy.metrics["latency_ms"] <= short.history.latency_ms.iloc[0] * 0.7 * (1 + 1e-9)
@@ -113,11 +113,11 @@ def test_respects_max_evaluations_keeps_the_last_for_a_feasible_policy_and_is_de
 
 def test_too_few_evaluations_names_the_minimum(ws):
     with pytest.raises(SearchError, match="too few for hago: it needs at least 2"):
-        search(budget="latency=0.7", method="hago", workspace=ws, max_evaluations=1)
-    two = search(budget="latency=0.7", method="hago", workspace=ws, max_evaluations=2)
+        search(hardware="bitfusion", budget="latency=0.7", method="hago", workspace=ws, max_evaluations=1)
+    two = search(hardware="bitfusion", budget="latency=0.7", method="hago", workspace=ws, max_evaluations=2)
     assert two.evaluations == 2 and two.history.feasible.iloc[1]
     # a budget the all-8-bit policy meets needs one evaluation
-    assert search(budget="latency=1.0", method="hago", workspace=ws, max_evaluations=1).evaluations == 1
+    assert search(hardware="bitfusion", budget="latency=1.0", method="hago", workspace=ws, max_evaluations=1).evaluations == 1
 
 
 def _float_fallback_table(ws, path):

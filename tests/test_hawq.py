@@ -263,7 +263,8 @@ def ws_mobilenet():
 
 
 def test_hawq_on_digits_mobilenet_meets_the_budget_and_keeps_first_and_last_at_8(ws_mobilenet):
-    r = search(model="digits-mobilenet", method="hawq", budget="latency=0.75", workspace=ws_mobilenet, **FAST_HESSIAN)
+    r = search(model="digits-mobilenet", hardware="bitfusion", method="hawq", budget="latency=0.75", workspace=ws_mobilenet,
+               select="val", **FAST_HESSIAN)
     assert r.evaluations == 5 and r.history["feasible"].all()
     m = r.best_policy.metrics
     assert m["latency_ms"] <= 0.75 * ws_mobilenet.costs.uniform(8).latency_ms * (1 + 1e-9)
@@ -278,7 +279,7 @@ def test_hawq_on_digits_mobilenet_meets_the_budget_and_keeps_first_and_last_at_8
 
 def test_hawq_independent_activations_meet_every_budget_and_tie_downsample_inputs(ws_resnet):
     r = search(
-        model="digits-resnet", method="hawq", budget=["latency=0.8", "size=0.6", "bops=0.5"], workspace=ws_resnet,
+        model="digits-resnet", hardware="bitfusion", method="hawq", budget=["latency=0.8", "size=0.6", "bops=0.5"], workspace=ws_resnet,
         activation="independent", max_evaluations=2, **FAST_HESSIAN,
     )
     ref = ws_resnet.costs.uniform(8)
@@ -301,7 +302,7 @@ def test_an_energy_budget_on_hardware_without_an_energy_table_is_refused_before_
 
 
 def test_hawq_with_one_evaluation_returns_the_ilp_optimum(ws_resnet):
-    r = search(model="digits-resnet", method="hawq", budget="size=0.5", workspace=ws_resnet, max_evaluations=1, pin="none",
+    r = search(model="digits-resnet", hardware="bitfusion", method="hawq", budget="size=0.5", workspace=ws_resnet, max_evaluations=1, pin="none",
                **FAST_HESSIAN)
     assert r.evaluations == 1 and len(r.extras["solutions"]) == 1
     assert r.best_policy.metrics["size_mib"] <= 0.5 * ws_resnet.costs.uniform(8).size_mib * (1 + 1e-9)

@@ -311,6 +311,12 @@ class FakeEvaluator:
     def fp32_accuracy(self, split: str = "val") -> float:
         return 0.99
 
+    def fidelities(self, policies) -> list[tuple[float, float]]:
+        return [(1.0 - self.with_scheme(s).evaluate(w, a, "fidelity"), 1.0) for w, a, s in policies]
+
+    def split_size(self, split: str) -> int:
+        return 100
+
     def folded_model(self) -> torch.nn.Module:
         return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1))
 
@@ -403,7 +409,7 @@ def test_quantune_end_to_end_on_the_embedded_model(ws):
     """Real evaluator: schemes change between trials and the result is re-measured on test."""
     from haq.api import search
 
-    res = search(budget="latency=0.6", method="quantune", workspace=ws, max_evaluations=6, seed=0)
+    res = search(hardware="bitfusion", budget="latency=0.6", method="quantune", workspace=ws, max_evaluations=6, seed=0)
     assert res.evaluations == 6 and len(res.extras["schemes"]) == 6
     assert res.best_policy.quant == QuantScheme.from_dict(res.extras["best_scheme"])
     assert 0.0 <= res.best_policy.metrics["accuracy"] <= 1.0

@@ -341,6 +341,12 @@ class _NaNAfter:
     def with_scheme(self, scheme):
         return self
 
+    def fidelities(self, policies):
+        return self.inner.fidelities(policies)
+
+    def split_size(self, split):
+        return self.inner.split_size(split)
+
 
 def test_nan_accuracy_stops_the_search_names_the_episode_and_keeps_a_checkpoint(ws, tmp_path):
     cfg = config(10, checkpoint_every=100)

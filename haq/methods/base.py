@@ -19,8 +19,9 @@ from haq.errors import SearchError
 from haq.history import pareto_front
 from haq.ledger import Ledger
 from haq.policy import Policy
-from haq.problem import EvaluationLimitReached, SearchProblem
+from haq.problem import EvaluationLimitReached, SearchProblem, Trial
 from haq.scheme import QuantScheme
+from haq.stats import wilson_interval
 
 
 @dataclass
@@ -108,10 +109,15 @@ def run_method(spec: MethodSpec, problem: SearchProblem, ledger: Ledger, options
             f"{spec.name} found no policy within the budget {problem.budget.budget} in {ledger.evaluations} "
             "evaluations; raise --max-evaluations or the budget"
         )
-    meta: dict[str, Any] = {"method": spec.name, "evaluations": ledger.evaluations}
+    best, candidates = choose(problem, ledger, best)
+    if candidates:
+        extras = {**extras, "selection": candidates}
+    meta: dict[str, Any] = {"method": spec.name, "evaluations": ledger.evaluations, "select": _rule(problem)}
     if problem.max_accuracy_drop is not None:
         meta["max_accuracy_drop"] = problem.max_accuracy_drop
         meta["accuracy_drop_met"] = ledger.within_accuracy_drop(best)
+    if problem.pinned:
+        meta["pinned"] = [problem.layers[i].name for i in problem.pinned]
     policy = finalize_policy(problem, ledger, best.w_bits, best.a_bits, meta, best.scheme)
     history = ledger.history()
     return SearchResult(
@@ -125,6 +131,40 @@ def run_method(spec: MethodSpec, problem: SearchProblem, ledger: Ledger, options
         extras=extras,
         repeats=ledger.repeats,
     )
+
+
+def _rule(problem: SearchProblem) -> str:
+    """The selection rule that applies: re-ranking answers the most-accurate question only."""
+    return "val" if problem.max_accuracy_drop is not None else problem.select
+
+
+def choose(problem: SearchProblem, ledger: Ledger, best: Trial) -> tuple[Trial, list[dict[str, Any]]]:
+    """The policy a search returns, by the problem's selection rule (see
+    :class:`~haq.problem.SearchProblem`): ``val`` keeps ``best``; ``kl``/``agreement`` re-rank
+    the ``select_top_k`` distinct feasible trials with the highest validation accuracy by their
+    fidelity to the float model (measured here, not counted as evaluations; ties go to the
+    higher validation accuracy, then the lower cost). Returns the choice and the candidates."""
+    rule = _rule(problem)
+    if rule == "val":
+        return best, []
+    key = problem.primary
+    seen: dict[tuple[bytes, bytes, Any], Trial] = {}
+    for t in ledger.trials:
+        if t.feasible:
+            seen.setdefault((t.w_bits.tobytes(), t.a_bits.tobytes(), t.scheme), t)
+    pool = sorted(seen.values(), key=lambda t: (-t.accuracy, t.cost.get(key) or 0.0, t.index))[: problem.select_top_k]
+    fid = ledger.fidelities(pool)
+    n_val = ledger.split_size("val")
+
+    def rank(i: int) -> tuple[float, float, float]:
+        kl, agreement = fid[i]
+        signal = kl if rule == "kl" else -agreement
+        return signal, -pool[i].accuracy, pool[i].cost.get(key) or 0.0
+
+    chosen = min(range(len(pool)), key=rank)
+    rows = [{"trial": t.index, "val_accuracy": t.accuracy, "val_n": n_val, "kl": kl, "agreement": agreement,
+             key: t.cost.get(key), "chosen": i == chosen} for i, (t, (kl, agreement)) in enumerate(zip(pool, fid, strict=True))]
+    return pool[chosen], rows
 
 
 def finalize_policy(
@@ -141,12 +181,18 @@ def finalize_policy(
     val = next((t.accuracy for t in reversed(ledger.trials)
                 if np.array_equal(t.w_bits, w_bits) and np.array_equal(t.a_bits, a_bits)
                 and (t.scheme or problem.scheme) == scheme), None)
-    metrics: dict[str, float | None] = {
-        "accuracy": ledger.test_accuracy(w_bits, a_bits, scheme),
-        "val_accuracy": val,
-        "fp32_accuracy": ledger.fp32_accuracy("test"),
-        **cost.to_dict(),
-    }
+    metrics: dict[str, float | None] = {}
+    for name, acc, split in (("accuracy", ledger.test_accuracy(w_bits, a_bits, scheme), "test"),
+                             ("val_accuracy", val, "val"), ("fp32_accuracy", ledger.fp32_accuracy("test"), "test")):
+        n = ledger.split_size(split)
+        lo, hi = wilson_interval(acc, n) if acc is not None else (None, None)
+        metrics.update({name: acc, f"{name}_n": float(n), f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+    metrics.update(cost.to_dict())
+    reference = problem.budget.reference  # uniform 8-bit on the same hardware
+    for key in ("latency", "energy", "size", "bops"):
+        have, ref = cost.get(key), reference.get(key)
+        if have is not None and ref:
+            metrics[f"{key}_vs_uniform8"] = have / ref
     meta = {"budget": problem.budget.budget.to_dict(), "seed": problem.seed, **search_meta}
     return Policy.from_bits(
         problem.layers,

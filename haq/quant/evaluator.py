@@ -59,6 +59,8 @@ class _Shared:
     stats_source: dict[int | None, str] = field(default_factory=dict)  #: "disk" | "collected"
     #: the evaluator of each scheme, least recently used first (see ``remember``)
     by_scheme: OrderedDict[QuantScheme, Evaluator] = field(default_factory=OrderedDict)
+    #: log-softmax of the float model on each part of the fidelity set, (N_i, classes) float64
+    fp32_log_probs: list[torch.Tensor] | None = None
 
     def remember(self, ev: Evaluator) -> None:
         """Keep ``ev`` for its scheme, dropping the least recently used when the evaluators
@@ -171,15 +173,45 @@ class Evaluator:
             out.append(ev.evaluate(w, a, split))
         return out
 
+    def fidelity(self, w_bits: Bits, a_bits: Bits) -> tuple[float, float]:
+        """How closely the quantized model follows the float one on the fidelity set (every
+        image a search may see, never test; labels not needed): ``(kl, agreement)`` - the mean
+        KL divergence ``KL(p_fp32 || p_quant)`` of the softmax outputs, in nats, and the share of
+        images whose top-1 class is the float model's, in [0, 1]."""
+        ref = self._fp32_log_probs()
+        self.apply(np.asarray(w_bits), np.asarray(a_bits))
+        kl, agree, n = 0.0, 0, 0
+        for part, ref_lp in zip(self.data.fidelity_parts(), ref, strict=True):
+            lp = torch.log_softmax(self._runner.logits(part.x, self.batch_size).double(), dim=1)
+            kl += float((ref_lp.exp() * (ref_lp - lp)).sum())
+            agree += int((lp.argmax(1) == ref_lp.argmax(1)).sum())
+            n += len(part)
+        return kl / max(n, 1), agree / max(n, 1)
+
+    def fidelities(self, policies: Sequence[tuple[Bits, Bits, QuantScheme]]) -> list[tuple[float, float]]:
+        """:meth:`fidelity` of each ``(w_bits, a_bits, scheme)``."""
+        return [(self if scheme == self.scheme else self.with_scheme(scheme)).fidelity(w, a) for w, a, scheme in policies]
+
+    def split_size(self, split: str) -> int:
+        """Images in ``split`` (``fidelity``: every part of the fidelity set)."""
+        if split == "fidelity":
+            return sum(len(p) for p in self.data.fidelity_parts())
+        return len(self.data.split(split))
+
+    def _fp32_log_probs(self) -> list[torch.Tensor]:
+        if self._shared.fp32_log_probs is None:
+            full = np.full(len(self.layers), FLOAT_BITS)
+            self.apply(full, full)
+            self._shared.fp32_log_probs = [
+                torch.log_softmax(self._runner.logits(part.x, self.batch_size).double(), dim=1)
+                for part in self.data.fidelity_parts()
+            ]
+        return self._shared.fp32_log_probs
+
     @property
     def calibration_split(self) -> Split:
         """The calibration images and labels (activation ranges, Hessians; never val/test)."""
         return self.data.calib
-
-    def evaluate_policy(self, policy, split: str = "val") -> float:  # noqa: ANN001 - Policy
-        if policy.quant != self.scheme:
-            return self.with_scheme(policy.quant).evaluate(policy.w_bits, policy.a_bits, split)
-        return self.evaluate(policy.w_bits, policy.a_bits, split)
 
     def logits(self, w_bits: Bits, a_bits: Bits, split: str = "val") -> torch.Tensor:
         """Model outputs ``(N, classes)`` on ``split`` with the given per-layer bitwidths."""
