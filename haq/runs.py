@@ -260,8 +260,10 @@ def _selection_lines(result: SearchResult) -> list[str]:
            "| trial | val accuracy | KL to fp32 | top-1 agreement | within noise of the best val | chosen |",
            "|---|---|---|---|---|---|"]
     for r in rows:
-        lo, hi = wilson_interval(r["val_accuracy"], n) if n else (None, None)
-        ci = f" [{100 * lo:.1f}-{100 * hi:.1f}]" if lo is not None else ""
+        ci = ""
+        if n:
+            lo, hi = wilson_interval(r["val_accuracy"], n)
+            ci = f" [{100 * lo:.1f}-{100 * hi:.1f}]"
         noise = "yes" if n and within_noise(r["val_accuracy"], top, n) else "no"
         out.append(f"| {r['trial']} | {100 * r['val_accuracy']:.2f}%{ci} | {r['kl']:.4f} | {100 * r['agreement']:.2f}% | "
                    f"{noise} | {'**yes**' if r['chosen'] else ''} |")

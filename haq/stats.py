@@ -8,6 +8,8 @@ policies whose intervals overlap are called "within noise" of each other.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 Z95 = 1.959963984540054  #: two-sided 95 % normal quantile
 
@@ -42,7 +44,7 @@ def resolvable_difference(accuracy: float, n: int) -> float:
     return (hi - lo) / 2
 
 
-def accuracy_text(metrics: dict, name: str = "accuracy") -> str:
+def accuracy_text(metrics: Mapping[str, Any], name: str = "accuracy") -> str:
     """``metrics[name]`` as ``97.22% [95.0-98.5, n=360]`` (95 % Wilson interval and split size),
     from a policy's metrics; ``n/a`` when missing."""
     acc = metrics.get(name)
