@@ -35,7 +35,7 @@ from haq.costs import COST_FIELDS
 from haq.errors import ConfigError, RunDirError
 from haq.history import pareto_mask
 from haq.methods import SearchResult, get_method
-from haq.plots import plot_pareto
+from haq.plots import References, Returned, plot_pareto
 from haq.runs import RunDir
 
 COLUMNS = [
@@ -97,7 +97,7 @@ def compare(
         key = make_problem(jobs[0], ws).primary
         table = _table(results, history, key)
         if run is not None:
-            _write(run.path, table, history, key)
+            _write(run.path, table, history, key, results)
         return table
     finally:
         if run is not None:
@@ -169,11 +169,13 @@ def _table(results: dict[str, list[SearchResult]], history: pd.DataFrame, key: s
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The comparison as a Markdown table (what `haq compare` prints and writes)."""
-    head = "| method | test acc (%) | latency (ms) | energy (mJ) | size (MiB) | GBOPs | budget met | evals | wall (s) | on front |"
-    lines = [head, "|" + "---|" * 10]
+    head = ("| method | test acc % (mean ± std over seeds; test split) | val acc % (validation split) | latency (ms) | "
+            "energy (mJ) | size (MiB) | GBOPs | budget met | evals | wall (s) | on front (validation) |")
+    lines = [head, "|" + "---|" * 11]
     for r in table.itertuples():
         lines.append(
-            f"| {r.method} | {100 * r.test_accuracy:.2f} ± {100 * r.test_accuracy_std:.2f} | {_f(r.latency_ms)} | "
+            f"| {r.method} | {100 * r.test_accuracy:.2f} ± {100 * r.test_accuracy_std:.2f} | "
+            f"{_f(None if r.val_accuracy is None else 100 * r.val_accuracy)} | {_f(r.latency_ms)} | "
             f"{_f(r.energy_mj)} | {_f(r.size_mib)} | {_f(r.bops_g)} | {'yes' if r.budget_met else 'no'} | "
             f"{r.evaluations:.0f} | {r.wall_s:.1f} | {'yes' if r.on_front else 'no'} ({r.front_points}) |"
         )
@@ -184,9 +186,21 @@ def _f(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4g}"
 
 
-def _write(out: Path, table: pd.DataFrame, history: pd.DataFrame, key: str) -> None:
+def _write(out: Path, table: pd.DataFrame, history: pd.DataFrame, key: str,
+           results: dict[str, list[SearchResult]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "history.csv", history.to_csv(index=False))
-    plot_pareto(history, key, out / "plots" / "pareto.png", by="method")
+    first = next(iter(results.values()))[0].references
+    refs = References(**{k: first.get(k) for k in References.__dataclass_fields__})
+    col = COST_FIELDS[key]
+    returned = []
+    for name, runs in results.items():
+        for k, r in enumerate(runs):
+            m = r.best_policy.metrics
+            cost, val, test = m.get(col), m.get("val_accuracy"), m.get("accuracy")
+            if cost is not None and val is not None and test is not None:
+                returned.append(Returned(f"{name} s{k}" if len(runs) > 1 else name, float(cost), float(val), float(test),
+                                         m.get("accuracy_ci_low"), m.get("accuracy_ci_high")))
+    plot_pareto(history, key, out / "plots" / "pareto.png", by="method", refs=refs, returned=returned)
     atomic_write_text(out / "comparison.md", to_markdown(table))
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))  # last: marks it finished

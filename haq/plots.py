@@ -11,6 +11,7 @@ through pyplot: importing this module leaves a notebook's backend and figures al
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,22 +47,90 @@ def plot_bitwidths(policy: Policy, path: str | Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def plot_pareto(history: pd.DataFrame, cost_key: str, path: str | Path, by: str = "method") -> Path:
-    """Accuracy vs ``cost_key`` for every evaluated policy; each group's front as a line."""
-    col = COST_FIELDS[cost_key]
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.subplots()
+@dataclass(frozen=True)
+class Returned:
+    """A policy a search returned, as the trade-off plot marks it: its cost, its validation
+    accuracy (where it sits among the measured points) and its test accuracy with the 95 %
+    interval (the label)."""
 
+    label: str
+    cost: float
+    val_accuracy: float
+    test_accuracy: float
+    test_low: float | None = None
+    test_high: float | None = None
+
+
+@dataclass(frozen=True)
+class References:
+    """What the trade-off plot draws besides the measured points: fp32 validation accuracy
+    (the zero of the y axis), the budget limit and uniform 8- and 4-bit costs (primary cost)."""
+
+    fp32_val_accuracy: float | None = None
+    limit: float | None = None
+    uniform8: float | None = None
+    uniform4: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"fp32_val_accuracy": self.fp32_val_accuracy, "limit": self.limit,
+                "uniform8": self.uniform8, "uniform4": self.uniform4}
+
+
+WINDOW_PT = 6.0  #: accuracy drops shown, percent points below fp32; farther points are counted in a note
+
+
+def plot_pareto(
+    history: pd.DataFrame,
+    cost_key: str,
+    path: str | Path,
+    by: str = "method",
+    refs: References | None = None,
+    returned: list[Returned] | None = None,
+) -> Path:
+    """The accuracy/cost trade-off where users choose: validation accuracy *drop from fp32* in
+    percent points (0 at the top) against ``cost_key``, every measured policy, each group's
+    front, the budget and uniform 8-/4-bit references, and each returned policy marked with
+    its test accuracy and interval. Points more than :data:`WINDOW_PT` below fp32 are
+    summarised in a note instead of squeezing the region that matters into a thin band."""
+    col = COST_FIELDS[cost_key]
+    refs = refs or References()
+    fp32 = refs.fp32_val_accuracy
+    if fp32 is None:
+        fp32 = float(history["accuracy"].max()) if len(history) else 1.0
+    fig = Figure(figsize=(7.2, 4.6))
+    ax = fig.subplots()
+    hidden = 0
     for name, group in history.groupby(by, sort=False) if by in history else [("all", history)]:
-        g = group.dropna(subset=[col])
-        pts = ax.scatter(g[col], 100 * g["accuracy"], s=10, alpha=0.35, label=f"{name}")
+        g = group.dropna(subset=[col, "accuracy"])
+        drop = 100 * (fp32 - g["accuracy"].astype(float))
+        near = drop <= WINDOW_PT
+        hidden += int((~near).sum())
+        pts = ax.scatter(g[col][near], drop[near], s=10, alpha=0.35, label=f"{name}")
         front = pareto_front(g, cost_key)
         if not front.empty:
-            ax.step(front[col], 100 * front["accuracy"], where="post", color=pts.get_facecolor()[0], lw=1.5)
+            fdrop = 100 * (fp32 - front["accuracy"].astype(float))
+            keep = fdrop <= WINDOW_PT
+            ax.step(front[col][keep], fdrop[keep], where="post", color=pts.get_facecolor()[0], lw=1.5)
+    for value, text, style in ((refs.limit, "budget", "-"), (refs.uniform8, "uniform 8-bit", "--"),
+                               (refs.uniform4, "uniform 4-bit", ":")):
+        if value is not None:
+            ax.axvline(value, color="#555555", ls=style, lw=1)
+            ax.text(value, 1.0, f" {text}", transform=ax.get_xaxis_transform(), rotation=90, va="top",
+                    ha="right", fontsize=7, color="#555555")
+    for r in returned or []:
+        d = 100 * (fp32 - r.val_accuracy)
+        ax.scatter([r.cost], [min(d, WINDOW_PT)], marker="*", s=140, edgecolor="black", zorder=5)
+        ci = f" [{100 * r.test_low:.1f}-{100 * r.test_high:.1f}]" if r.test_low is not None and r.test_high is not None else ""
+        ax.annotate(f"{r.label}: test {100 * r.test_accuracy:.2f}%{ci}", (r.cost, min(d, WINDOW_PT)),
+                    textcoords="offset points", xytext=(6, 6), fontsize=7)
+    ax.set_ylim(WINDOW_PT + 0.3, min(-0.3, ax.get_ylim()[1]))  # the best (smallest drop) at the top
     ax.set_xlabel(f"{cost_key} ({UNIT_NAMES[cost_key]})")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(f"validation accuracy drop from fp32 ({100 * fp32:.2f}%), pt")
+    if hidden:
+        ax.text(0.01, 0.01, f"{hidden} policies more than {WINDOW_PT:g} pt below fp32 not shown",
+                transform=ax.transAxes, fontsize=7, color="#555555")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -89,8 +158,9 @@ def plot_search(history: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """(Re)draw every plot of a run directory from its files."""
+def plot_run(run_dir: str | Path, references: dict[str, float | None] | None = None) -> list[Path]:
+    """(Re)draw every plot of a run directory from its files (``references``: the trade-off
+    plot's references when result.json is not written yet)."""
     run = Path(run_dir)
     if not (run / "history.csv").is_file():
         raise RunDirError(f"{run} is not a run directory (no history.csv); pass the folder a search wrote")
@@ -109,9 +179,32 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             title += f": test acc {100 * acc:.2f}%"
         out.append(plot_bitwidths(policy, run / "plots" / "bitwidths.png", title))
     if not history.empty:
-        out.append(plot_pareto(history, key, run / "plots" / "pareto.png"))
+        refs, returned = _run_references(run, key, references)
+        out.append(plot_pareto(history, key, run / "plots" / "pareto.png", refs=refs, returned=returned))
         out.append(plot_search(history, run / "plots" / "search.png"))
     return out
+
+
+def _run_references(run: Path, key: str, given: dict[str, float | None] | None) -> tuple[References, list[Returned]]:
+    """References and the returned policy of a run, from result.json and policy.json."""
+    refs = References()
+    meta_path = run / "result.json"
+    if given is not None:
+        refs = References(**{k: given.get(k) for k in References.__dataclass_fields__})
+    elif meta_path.is_file():
+        try:
+            stored = json.loads(meta_path.read_text()).get("references") or {}
+            refs = References(**{k: stored.get(k) for k in References.__dataclass_fields__})
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+            pass
+    returned = []
+    if (run / "policy.json").is_file():
+        m = Policy.load(run / "policy.json").metrics
+        cost, val, test = m.get(COST_FIELDS[key]), m.get("val_accuracy"), m.get("accuracy")
+        if cost is not None and val is not None and test is not None:
+            returned.append(Returned("returned", float(cost), float(val), float(test),
+                                     m.get("accuracy_ci_low"), m.get("accuracy_ci_high")))
+    return refs, returned
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

@@ -151,10 +151,10 @@ class RunDir:
         result.best_policy.save(self.path / "policy.json")
         atomic_write_text(self.path / "pareto.csv", result.pareto.to_csv(index=False))
         atomic_write_text(self.path / "summary.md", summary_markdown(result, config))
-        plot_run(self.path)
+        plot_run(self.path, references=result.references)
         atomic_write_json(self.path / "result.json", {
             "method": result.method, "evaluations": result.evaluations, "repeats": result.repeats,
-            "wall_s": result.wall_s, "extras": _plain(result.extras),
+            "wall_s": result.wall_s, "extras": _plain(result.extras), "references": _plain(result.references),
         })  # written last: its presence marks a finished run
 
     @property
@@ -176,7 +176,7 @@ class RunDir:
             method=meta["method"], best_policy=policy, history=history,
             pareto=pareto_front(history, key if key in ("latency", "energy", "size", "bops") else "latency"),
             evaluations=int(meta["evaluations"]), wall_s=float(meta["wall_s"]), extras=dict(meta.get("extras") or {}),
-            repeats=int(meta.get("repeats", 0)),
+            repeats=int(meta.get("repeats", 0)), references=dict(meta.get("references") or {}),
         )
 
 

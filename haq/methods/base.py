@@ -42,6 +42,9 @@ class SearchResult:
     per_layer: pd.DataFrame = field(default_factory=pd.DataFrame)  #: the best policy's cost per layer
     extras: dict[str, Any] = field(default_factory=dict)
     repeats: int = 0
+    #: for the trade-off plot: fp32 validation accuracy, the primary budget limit and the
+    #: primary cost of uniform 8- and 4-bit (see :class:`haq.plots.References`)
+    references: dict[str, float | None] = field(default_factory=dict)
 
 
 RunFn = Callable[[SearchProblem, Ledger, Any], "dict[str, Any] | None"]
@@ -116,6 +119,7 @@ def run_method(spec: MethodSpec, problem: SearchProblem, ledger: Ledger, options
     if problem.max_accuracy_drop is not None:
         meta["max_accuracy_drop"] = problem.max_accuracy_drop
         meta["accuracy_drop_met"] = ledger.within_accuracy_drop(best)
+        meta["evaluations_to_answer"] = best.index + 1  #: the answer was first measured at this evaluation
     if problem.pinned:
         meta["pinned"] = [problem.layers[i].name for i in problem.pinned]
     policy = finalize_policy(problem, ledger, best.w_bits, best.a_bits, meta, best.scheme)
@@ -130,7 +134,21 @@ def run_method(spec: MethodSpec, problem: SearchProblem, ledger: Ledger, options
         per_layer=problem.costs.per_layer(best.w_bits, best.a_bits),
         extras=extras,
         repeats=ledger.repeats,
+        references=references(problem, ledger),
     )
+
+
+def references(problem: SearchProblem, ledger: Ledger) -> dict[str, float | None]:
+    """fp32 validation accuracy, the primary budget limit and uniform 8-/4-bit primary costs."""
+    key = problem.primary
+    out: dict[str, float | None] = {"fp32_val_accuracy": ledger.fp32_accuracy("val"),
+                                    "limit": problem.budget.limits.get(key)}
+    for bits in (8, 4):
+        common = problem.common_choices()
+        b = bits if bits in common else (max(common) if bits == 8 else min(common))
+        w, a = problem.uniform_policy(b)
+        out[f"uniform{bits}"] = problem.cost(w, a).get(key)
+    return out
 
 
 def _rule(problem: SearchProblem) -> str:

@@ -59,6 +59,11 @@ Thresholds (``threshold`` option -> our calibrator)
                               the like-for-like setting for ``haq compare``
     ========================  ==========================================================
 
+The inverse question (``--max-accuracy-drop``, our extension)
+    The walk keeps a step while the policy stays within the drop of fp32 (validation) instead
+    of while accuracy holds, so it ends at the lowest bits HAGO's order reaches within the
+    drop; the ledger returns the cheapest policy measured within it.
+
 Evaluations
     At least 1 when the all-maximum policy meets the budget, else 2 (the start and one
     planned feasible policy). The default, 300, covers the whole walk and the budget phase
@@ -168,6 +173,9 @@ def greedy_walk(
     w, a = problem.max_policy()
     walk = Walk(w, a, measure(w, a))
     reserve = options.budget_phase
+    # The inverse question (--max-accuracy-drop): a step is kept while the policy stays within
+    # the drop of fp32, so the walk ends at the lowest bits HAGO's order reaches within it.
+    floor = None if problem.max_accuracy_drop is None else ledger.fp32_accuracy("val") - problem.max_accuracy_drop / 100
     try:
         for layer, edge in free_edges(problem):
             cur = int((walk.w if edge == "w" else walk.a)[layer])
@@ -178,6 +186,11 @@ def greedy_walk(
                     return walk
                 acc = measure(tw, ta)
                 estimates.record((step,), walk.accuracy - acc)
+                if floor is not None:
+                    if acc < floor - 1e-12:
+                        break
+                    walk.w, walk.a, walk.accuracy = tw, ta, acc
+                    continue
                 lower_acc = acc < walk.accuracy
                 if acc > walk.accuracy or (acc == walk.accuracy and options.ties == "fewer-bits"):
                     walk.w, walk.a, walk.accuracy = tw, ta, acc

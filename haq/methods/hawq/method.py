@@ -55,6 +55,7 @@ import torch
 from haq.errors import ConfigError, HardwareError, SearchError
 from haq.ledger import Ledger
 from haq.methods.base import MethodSpec
+from haq.methods.budgets import fraction_range, stage_fraction, with_fraction
 from haq.methods.hawq.hessian import LayerTraces, TraceSettings, layer_traces
 from haq.methods.hawq.ilp import BudgetRow, IlpSolution, MultipleChoiceIlp
 from haq.methods.options import option
@@ -276,8 +277,12 @@ def run_hawq(problem: SearchProblem, ledger: Ledger, options: HawqOptions) -> di
     layer_idx = np.arange(problem.n_layers)
     found: list[tuple[int, IlpSolution]] = []
     ilp_seconds = 0.0
+    stages: list[dict[str, Any]] = []
+    if problem.max_accuracy_drop is not None:
+        stages = _bisect_for_drop(problem, ledger, omega, opts, fixed, options)
+        found, ilp_seconds = [], sum(st["ilp_s"] for st in stages)
     # The ILP's solutions do not depend on measured accuracy: find them all, measure one batch.
-    for n in range(min(1 + options.alternatives, ledger.remaining)):
+    for n in range(min(1 + options.alternatives, ledger.remaining) if problem.max_accuracy_drop is None else 0):
         try:
             sol = ilp.solve()
         except SearchError:
@@ -292,7 +297,9 @@ def run_hawq(problem: SearchProblem, ledger: Ledger, options: HawqOptions) -> di
     ])
     solutions = [{"rank": n, "objective": sol.objective, "status": sol.status, "trial": t.index,
                   "accuracy": t.accuracy, "feasible": t.feasible} for (n, sol), t in zip(found, trials, strict=True)]
+    extra = {"drop_stages": stages} if problem.max_accuracy_drop is not None else {}
     return {
+        **extra,
         "activation": options.activation,
         "traces": traces.normalized.tolist(),
         "trace_standard_error": (traces.standard_error / traces.params).tolist(),
@@ -304,6 +311,40 @@ def run_hawq(problem: SearchProblem, ledger: Ledger, options: HawqOptions) -> di
         "alpha_reference_bits": list(ref),
         "solutions": solutions,
     }
+
+
+def _bisect_for_drop(
+    problem: SearchProblem, ledger: Ledger, omega: np.ndarray, opts: Options, fixed: dict[int, int], options: HawqOptions
+) -> list[dict[str, Any]]:
+    """The inverse question: bisection over the primary budget (:mod:`haq.methods.budgets`),
+    one ILP optimum measured per stage; the ledger returns the cheapest within the drop."""
+    fp32 = ledger.fp32_accuracy("val")
+    drop = problem.max_accuracy_drop
+    assert drop is not None
+    outcomes: list[bool] = []
+    stages: list[dict[str, Any]] = []
+    lo, hi = fraction_range(problem)
+    layer_idx = np.arange(problem.n_layers)
+    while ledger.remaining > 0 and len(stages) < 4 * problem.max_evaluations:
+        frac = stage_fraction(problem, outcomes)
+        stage = with_fraction(problem, frac)
+        ilp = MultipleChoiceIlp(omega, budget_rows(stage, opts), ties=input_ties(problem), labels=opts.a, fixed=fixed,
+                                time_limit_s=options.time_limit_s)
+        try:
+            sol = ilp.solve()
+        except SearchError:  # nothing within this stage's budget: too tight
+            outcomes.append(False)
+            stages.append({"fraction": frac, "ilp_s": 0.0, "within_drop": False, "trial": None})
+            continue
+        proposal = Proposal(opts.w[layer_idx, sol.choice], opts.a[layer_idx, sol.choice])
+        known = ledger.lookup(proposal)
+        acc = known if known is not None else ledger.evaluate(proposal).accuracy
+        ok = acc >= fp32 - drop / 100 - 1e-12
+        outcomes.append(ok)
+        stages.append({"fraction": frac, "ilp_s": sol.seconds, "within_drop": ok, "accuracy": acc})
+        if abs(stage_fraction(problem, outcomes) - frac) < 1e-3 * max(hi - lo, 1e-9):
+            break  # the bisection has converged
+    return stages
 
 
 SPEC = MethodSpec(

@@ -16,7 +16,9 @@ global scheme at every feasible uniform bitwidth pair (the paper's int8 space wh
 budget allows 8 bits), random per-layer bits lowered to the budget with HAQ's loop, and -
 once something is measured - neighbours of the best measured configurations (one layer's
 weight or activation bits moved one step, or the same bits under another scheme).
-Infeasible candidates are never measured; the best feasible is returned.
+Infeasible candidates are never measured; the best feasible is returned. With
+``--max-accuracy-drop`` the rounds run in stages under tighter and tighter budgets, bisecting
+for the cheapest budget that still admits a policy within the drop (:mod:`haq.methods.budgets`).
 
 **Surrogate and loop.** :mod:`haq.methods.quantune.surrogate`: retrain every round on every
 measured configuration plus the warm-start histories (other models, one query group
@@ -42,6 +44,7 @@ import numpy as np
 from haq.errors import ConfigError, ModelError
 from haq.ledger import Ledger
 from haq.methods.base import MethodSpec
+from haq.methods.budgets import current_stage
 from haq.methods.options import option
 from haq.methods.quantune.arch import ArchFeatures, architecture_features
 from haq.methods.quantune.space import ConfigEncoder, QuantuneConfig, global_configs
@@ -176,8 +179,14 @@ def run_quantune(problem: SearchProblem, ledger: Ledger, options: QuantuneOption
     measured: dict[QuantuneConfig, float] = {}
     used: list[QuantuneConfig] = []  # one per trial of this run, in trial order
     first = ledger.evaluations
+    stage_limit = None
     try:
         while True:
+            if problem.max_accuracy_drop is not None:  # the inverse question: bisect the budget
+                stage = current_stage(problem, ledger, first)
+                if stage.budget.limits[problem.primary] != stage_limit:
+                    stage_limit = stage.budget.limits[problem.primary]
+                    cands = _Candidates(stage, schemes, options.mixed)
             pool = cands.pool(options.pool_size, measured, rng)
             if not pool:
                 break

@@ -12,6 +12,10 @@ transitions enter the replay buffer with the final reward, each followed by one 
 step. The best policy is the most accurate feasible one (= highest reward), re-measured on
 the test split by :func:`haq.methods.base.run_method`.
 
+With ``--max-accuracy-drop`` (the cheapest policy within a drop) the episodes run in stages
+under tighter and tighter budgets, bisecting for the cheapest budget that still admits a
+policy within the drop (:mod:`haq.methods.budgets`); the agent keeps learning across stages.
+
 ``episodes_per_update`` > 1 plays that many episodes with the same actor (no learning between
 them), measures their policies as one batch (several workers at once, with an evaluation
 pool), then learns from each in order. The default, 1, is HAQ's loop.
@@ -45,6 +49,7 @@ import torch
 from haq.errors import ConfigError, SearchError
 from haq.ledger import Ledger
 from haq.methods.base import MethodSpec
+from haq.methods.budgets import current_stage
 from haq.methods.options import option
 from haq.methods.rl.agent import HAQDDPG, Transition, exploration_sigma, truncated_normal
 from haq.methods.rl.checkpoint import restore, save_checkpoint
@@ -233,10 +238,15 @@ def run_rl(problem: SearchProblem, ledger: Ledger, options: RLOptions) -> dict[s
     best = max((t.accuracy for t in ledger.trials if t.feasible), default=None)
     episode = start
     clock = {"acting_s": 0.0, "learning_s": 0.0}
+    stage_envs: dict[float, MixedPrecisionEnv] = {}
     try:
         with _InterruptGuard(enabled=folder is not None) as guard:
             while episode < problem.max_evaluations:
                 n = min(options.episodes_per_update, problem.max_evaluations - episode)
+                if problem.max_accuracy_drop is not None:  # the inverse question: bisect the budget
+                    stage = current_stage(problem, ledger)
+                    limit = stage.budget.limits[problem.primary]
+                    env = stage_envs.setdefault(limit, MixedPrecisionEnv(stage, reward_scale=options.reward_scale))
                 at_start = rng.bit_generator.state
                 guard.phase = "acting"
                 try:
