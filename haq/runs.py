@@ -213,6 +213,7 @@ def summary_markdown(result: SearchResult, config: dict[str, Any]) -> str:
         "",
         f"- budget: {', '.join(config.get('budget', []))}",
         *_drop_line(p.search, config),
+        *_pin_line(p.search, config),
         f"- evaluations: {result.evaluations}{_repeats(result)}, wall time {result.wall_s:.1f} s, "
         f"seed {config.get('seed')}",
         f"- test accuracy: {accuracy_text(m)} (fp32 {accuracy_text(m, 'fp32_accuracy')}; "
@@ -277,13 +278,22 @@ def _repeats(result: SearchResult) -> str:
             f"{result.evaluations - result.repeats} distinct)")
 
 
+def _pin_line(search: Mapping[str, Any], config: dict[str, Any]) -> list[str]:
+    pinned = search.get("pinned") or []
+    if not pinned:
+        return [f"- no layer pinned (--pin {config.get('pin', 'none')})"]
+    return [f"- pinned at 8 bits: {', '.join(pinned)} (--pin {config.get('pin')}; part of every answer above)"]
+
+
 def _drop_line(search: Mapping[str, Any], config: dict[str, Any]) -> list[str]:
     drop = config.get("max_accuracy_drop")
     if drop is None:
         return []
     met = "met: the cheapest policy measured within it" if search.get("accuracy_drop_met") else (
         "NOT met by any policy measured: this is the most accurate one; raise --max-evaluations or the drop")
-    return [f"- max accuracy drop: {drop} pt of fp32 (validation), {met}"]
+    first = search.get("evaluations_to_answer")
+    took = f" (first measured at evaluation {first})" if first else ""
+    return [f"- max accuracy drop: {drop} pt of fp32 (validation), {met}{took}"]
 
 
 def _num(v: Any, unit: str) -> str:

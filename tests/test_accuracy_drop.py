@@ -92,3 +92,34 @@ def test_a_bad_drop_is_one_line(drop):
 def test_config_refuses_a_negative_drop():
     with pytest.raises(ConfigError, match="percent points"):
         SearchConfig(max_accuracy_drop=-0.5)
+
+
+@pytest.mark.parametrize(("method", "n", "options"), [
+    ("hawq", 6, {"hessian_max_iter": 8, "hessian_batch_size": 64}),
+    ("hago", 60, {}),
+    ("quantune", 16, {"rounds": 20, "pool_size": 32}),
+    ("rl", 24, {"warmup_episodes": 4}),
+])
+def test_every_method_answers_the_inverse_question_below_uniform_8_bit(workspace, method, n, options):
+    result = search(method=method, hardware="bismo-edge", budget="bops=1.0", max_accuracy_drop=1.0,
+                    max_evaluations=n, workspace=workspace, **options)
+    s, m = result.best_policy.search, result.best_policy.metrics
+    assert s["accuracy_drop_met"] is True
+    assert m["bops_vs_uniform8"] < 0.9, "cheaper than uniform 8-bit, not just the first policy within the drop"
+    assert 1 <= s["evaluations_to_answer"] <= result.evaluations
+    assert s["pinned"] == [workspace.layers[0].name, workspace.layers[-1].name]
+    w = result.best_policy.w_bits
+    assert w[0] == 8 and w[-1] == 8, "the default pinning holds in the answer"
+
+
+def test_staged_methods_bisect_the_budget_downwards_while_the_drop_holds(workspace):
+    from haq.api import make_problem
+    from haq.methods.budgets import fraction_range, stage_fraction, stage_plan
+
+    problem = make_problem(SearchConfig(hardware="bismo-edge", budget=("bops=1.0",), max_accuracy_drop=1.0), workspace)
+    lo, hi = fraction_range(problem)
+    assert hi == pytest.approx(1.0) and 0 < lo < hi
+    assert stage_fraction(problem, []) == pytest.approx(hi)
+    assert stage_fraction(problem, [True]) == pytest.approx((lo + hi) / 2)
+    assert stage_fraction(problem, [True, False]) == pytest.approx((lo + hi) / 2 + (hi - (lo + hi) / 2) / 2)
+    assert sum(stage_plan(300)) == 300 and len(stage_plan(300)) == 6 and len(stage_plan(24)) == 2
