@@ -200,7 +200,7 @@ def _write(out: Path, table: pd.DataFrame, history: pd.DataFrame, key: str,
             cost, val, test = m.get(col), m.get("val_accuracy"), m.get("accuracy")
             if cost is not None and val is not None and test is not None:
                 returned.append(Returned(f"{name} s{k}" if len(runs) > 1 else name, float(cost), float(val), float(test),
-                                         m.get("accuracy_ci_low"), m.get("accuracy_ci_high")))
+                                         m.get("accuracy_ci_low"), m.get("accuracy_ci_high"), group=name))
     plot_pareto(history, key, out / "plots" / "pareto.png", by="method", refs=refs, returned=returned)
     atomic_write_text(out / "comparison.md", to_markdown(table))
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))  # last: marks it finished

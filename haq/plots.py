@@ -59,6 +59,7 @@ class Returned:
     test_accuracy: float
     test_low: float | None = None
     test_high: float | None = None
+    group: str | None = None  #: the history group (method) whose colour the marker takes
 
 
 @dataclass(frozen=True)
@@ -99,35 +100,40 @@ def plot_pareto(
         fp32 = float(history["accuracy"].max()) if len(history) else 1.0
     fig = Figure(figsize=(7.2, 4.6))
     ax = fig.subplots()
+    returned = returned or []
+    window = max([WINDOW_PT] + [100 * (fp32 - r.val_accuracy) + 0.5 for r in returned])
     hidden = 0
+    colours: dict[str, object] = {}
     for name, group in history.groupby(by, sort=False) if by in history else [("all", history)]:
         g = group.dropna(subset=[col, "accuracy"])
         drop = 100 * (fp32 - g["accuracy"].astype(float))
-        near = drop <= WINDOW_PT
+        near = drop <= window
         hidden += int((~near).sum())
         pts = ax.scatter(g[col][near], drop[near], s=10, alpha=0.35, label=f"{name}")
+        colours[str(name)] = tuple(pts.get_facecolor()[0]) if len(pts.get_facecolor()) else None
         front = pareto_front(g, cost_key)
         if not front.empty:
             fdrop = 100 * (fp32 - front["accuracy"].astype(float))
-            keep = fdrop <= WINDOW_PT
-            ax.step(front[col][keep], fdrop[keep], where="post", color=pts.get_facecolor()[0], lw=1.5)
+            keep = fdrop <= window
+            ax.step(front[col][keep], fdrop[keep], where="post", color=colours[str(name)], lw=1.5)
     for value, text, style in ((refs.limit, "budget", "-"), (refs.uniform8, "uniform 8-bit", "--"),
                                (refs.uniform4, "uniform 4-bit", ":")):
         if value is not None:
             ax.axvline(value, color="#555555", ls=style, lw=1)
             ax.text(value, 1.0, f" {text}", transform=ax.get_xaxis_transform(), rotation=90, va="top",
                     ha="right", fontsize=7, color="#555555")
-    for r in returned or []:
+    for r in returned:
         d = 100 * (fp32 - r.val_accuracy)
-        ax.scatter([r.cost], [min(d, WINDOW_PT)], marker="*", s=140, edgecolor="black", zorder=5)
+        colour = colours.get(r.group or "", colours.get("all"))
+        ax.scatter([r.cost], [d], marker="*", s=160, color=colour, edgecolor="black", zorder=5)
         ci = f" [{100 * r.test_low:.1f}-{100 * r.test_high:.1f}]" if r.test_low is not None and r.test_high is not None else ""
-        ax.annotate(f"{r.label}: test {100 * r.test_accuracy:.2f}%{ci}", (r.cost, min(d, WINDOW_PT)),
-                    textcoords="offset points", xytext=(6, 6), fontsize=7)
-    ax.set_ylim(WINDOW_PT + 0.3, min(-0.3, ax.get_ylim()[1]))  # the best (smallest drop) at the top
+        ax.annotate(f"{r.label}: test {100 * r.test_accuracy:.2f}%{ci}", (r.cost, d),
+                    textcoords="offset points", xytext=(6, -10), fontsize=7)
+    ax.set_ylim(window + 0.3, min(-0.3, ax.get_ylim()[1]))  # the best (smallest drop) at the top
     ax.set_xlabel(f"{cost_key} ({UNIT_NAMES[cost_key]})")
     ax.set_ylabel(f"validation accuracy drop from fp32 ({100 * fp32:.2f}%), pt")
     if hidden:
-        ax.text(0.01, 0.01, f"{hidden} policies more than {WINDOW_PT:g} pt below fp32 not shown",
+        ax.text(0.01, 0.01, f"{hidden} policies more than {window:.3g} pt below fp32 not shown",
                 transform=ax.transAxes, fontsize=7, color="#555555")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
