@@ -29,7 +29,7 @@ DataOpt = Annotated[str | None, typer.Option("--data", help="digits or imagefold
 InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="image height = width in pixels")]
 HardwareOpt = Annotated[str, typer.Option("--hardware", "-H", help="hardware model (haq list hardware)")]
 DropOpt = Annotated[float | None, typer.Option("--max-accuracy-drop", help="percent points below fp32 (validation) allowed: return the cheapest policy within it, not the most accurate; best with --method pareto")]
-BudgetOpt = Annotated[list[str] | None, typer.Option("--budget", "-b", help=f"default {DEFAULT_BUDGET}; latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; repeat for several")]
+BudgetOpt = Annotated[list[str] | None, typer.Option("--budget", "-b", help=f"default {DEFAULT_BUDGET}; latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; several: repeat --budget or separate by commas (latency=0.7ms,energy=1 is two items, all must hold)")]
 CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax, percentile:P, entropy or mse")]
 WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
 ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmetric|unsigned|power-of-two -per-tensor")]
