@@ -315,9 +315,14 @@ def profile(
 @app.command()
 def plot(run_dir: Annotated[Path, typer.Argument(help="a run directory written by haq search")]) -> None:
     """Redraw the plots of a run directory."""
+    from haq.errors import RunDirError
     from haq.plots import plot_run
 
-    for p in plot_run(run_dir):
+    written = plot_run(run_dir)
+    if not written:
+        raise RunDirError(f"{run_dir} has no trials yet (history.csv holds only its header) and no policy.json: "
+                          "nothing to plot; let the search run (or --resume it) first")
+    for p in written:
         _console().print(str(p))
 
 
@@ -373,6 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     except HaqError as exc:
         print(f"haq: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        from haq.atomic import storage_error
+
+        err = storage_error(exc.filename or "a file", exc)  # a full disk anywhere: one line, not a traceback
+        if not isinstance(err, HaqError):
+            raise
+        print(f"haq: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except MemoryError:
         print("haq: error: out of memory; use a smaller --input-size, fewer images or a smaller model", file=sys.stderr)
         sys.exit(2)

@@ -48,3 +48,7 @@ class SearchError(HaqError):
 
 class RunDirError(HaqError):
     """A run directory is locked, from another configuration, or its checkpoint is unusable."""
+
+
+class StorageError(HaqError):
+    """A file cannot be written: the disk is full (or read-only). What was written stays valid."""
