@@ -98,10 +98,13 @@ def load_model(
 
 def _user_factory(spec: str) -> nn.Module:
     mod_name, _, attr = spec.partition(":")
+    if not mod_name.strip() or mod_name.startswith("."):
+        raise ModelError(f"model {spec}: write package.module:factory (an absolute module name before the colon)")
     try:
         mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ModelError(f"model {spec}: cannot import {mod_name} ({exc}); check PYTHONPATH and the module name") from None
+    except Exception as exc:  # ImportError, or whatever the user's module raises on import
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model {spec}: cannot import {mod_name} ({first}); check PYTHONPATH and the module name") from None
     factory = getattr(mod, attr, None) if attr else None
     if factory is None:
         raise ModelError(f"model {spec}: module {mod_name} has no attribute {attr!r}; write package.module:factory")

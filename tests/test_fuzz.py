@@ -37,8 +37,16 @@ def scaled(n: int):
     return settings(settings.get_profile(PROFILE), max_examples=n if FULL else max(10, n // 40))
 
 
-#: what every case counts towards (benchmarks/reliability.py reads it back)
+#: cases run in this session (benchmarks/reliability.py reads the line printed at the end)
 CASES = {"run": 0, "tracebacks": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_cases():
+    yield
+    report = os.environ.get("HAQ_FUZZ_REPORT")
+    if report:  # accumulated over this file's modules' tests
+        Path(report).write_text(json.dumps(CASES))
 
 
 def ok_or_one_line(call, *args, **kwargs):
@@ -47,14 +55,23 @@ def ok_or_one_line(call, *args, **kwargs):
     try:
         return call(*args, **kwargs)
     except HaqError as exc:
+        if "\n" in str(exc) or not str(exc):
+            CASES["tracebacks"] += 1
         msg = str(exc)
         assert msg and "\n" not in msg, repr(msg)
         return None
+    except Exception:
+        CASES["tracebacks"] += 1
+        raise
 
 
 def cli_ok_or_one_line(*args: str):
     CASES["run"] += 1
-    r = run_cli(*args)  # an exception here is a traceback a user would see: the test fails
+    try:
+        r = run_cli(*args)  # an exception here is a traceback a user would see: the test fails
+    except BaseException:
+        CASES["tracebacks"] += 1
+        raise
     assert r.returncode in (0, 2), (args, r.returncode, r.stderr)
     if r.returncode == 2 and r.stderr.startswith("haq: error: "):
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
