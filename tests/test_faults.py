@@ -362,3 +362,23 @@ def test_a_hessian_probe_that_overflows_stops_hawq_in_one_line():
     model = Overflow()
     with pytest.raises(SearchError, match="not finite|cannot take its Hessian"):
         hutchinson_traces(model, [model.fc.weight], [(torch.randn(8, 4), torch.zeros(8, dtype=torch.int64))])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["torn-unfinished", "header-only"])
+def test_the_analysis_notebook_reads_an_unfinished_run_with_a_torn_history(tmp_path, monkeypatch, damage):
+    nbformat = pytest.importorskip("nbformat")
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    notebook = Path(__file__).resolve().parents[1] / "experiments" / "notebooks" / "analyse_policy.ipynb"
+    run = tmp_path / "run"
+    assert run_cli(*SEARCH, "--out", str(run)).returncode == 0
+    (run / "policy.json").unlink()
+    (run / "result.json").unlink()
+    text = (run / "history.csv").read_text()
+    (run / "history.csv").write_text(text[: len(text) - 20] if damage == "torn-unfinished" else text.splitlines()[0] + "\n")
+    monkeypatch.setenv("HAQ_RUN", str(run))
+    nb = nbformat.read(notebook, as_version=4)
+    ExecutePreprocessor(timeout=300, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(notebook.parent)}})
+    outputs = "".join(str(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "has no policy.json yet" in outputs
