@@ -382,3 +382,11 @@ def test_the_analysis_notebook_reads_an_unfinished_run_with_a_torn_history(tmp_p
     ExecutePreprocessor(timeout=300, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(notebook.parent)}})
     outputs = "".join(str(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "has no policy.json yet" in outputs
+
+
+def test_a_compare_that_fails_validation_leaves_out_as_it_was(tmp_path):
+    out = tmp_path / "cmp"
+    one_line_error(run_cli("compare", "--methods", "random,uniform", "--seeds", "1", "--hardware", "bismo-edge",
+                           "--budget", "latency=0.01", "--max-evaluations", "3", "--out", str(out), "-q"),
+                   "below the cheapest reachable")
+    assert not out.exists()
