@@ -390,3 +390,18 @@ def test_a_compare_that_fails_validation_leaves_out_as_it_was(tmp_path):
                            "--budget", "latency=0.01", "--max-evaluations", "3", "--out", str(out), "-q"),
                    "below the cheapest reachable")
     assert not out.exists()
+
+
+def test_a_forward_pass_that_yields_nan_or_inf_measures_a_nan_accuracy_not_garbage(digits):
+    import torch
+
+    from haq.quant.runner import ForwardRunner
+
+    class Blows(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 10)
+            out[0, 3] = float("inf")  # one image overflows
+            return out
+
+    runner = ForwardRunner(Blows(), compile=False)
+    assert np.isnan(runner.count_correct(digits.val.x, digits.val.y, 64))
