@@ -199,6 +199,18 @@ def test_a_full_disk_at_any_write_of_a_search_is_one_line_and_resume_gives_the_s
         run_with_disk_full_at(monkeypatch, tmp_path, SEARCH, k, ref_policy, ref_acc)
 
 
+RL = ("search", "--method", "rl", "--hardware", "bismo-edge", "--budget", "latency=0.5", "--episodes", "4",
+      "--option", "warmup_episodes=2", "--option", "checkpoint_every=2", "--seed", "2", "-q")
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_any_write_of_an_rl_search_with_checkpoints_resumes_to_the_same_result(monkeypatch, tmp_path):
+    n, ref_policy, ref_acc = disk_fault_points(monkeypatch, tmp_path, RL)
+    assert n >= 4 + 2 * 3 + 9  # 4 rows, 2 checkpoints (agent, replay, state), lock/config/header and the results
+    for k in range(n):
+        run_with_disk_full_at(monkeypatch, tmp_path, RL, k, ref_policy, ref_acc)
+
+
 def test_a_full_disk_at_the_first_write_leaves_no_header_less_history(monkeypatch, tmp_path):
     from haq.runs import HistoryWriter
 
