@@ -106,15 +106,18 @@ def read_history_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
-    """history.csv of a run as a DataFrame (what a notebook does with pandas.read_csv), with a
-    torn tail (a line cut short by a crash) left out: every valid run directory reads."""
-    path = Path(run_dir) / "history.csv"
-    header, rows, torn = read_history_rows(path)
-    if header and not torn:
-        return pd.read_csv(path)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header or HISTORY_COLUMNS)
-    writer.writerows([[r[c] for c in header] for r in rows])
-    buf.seek(0)
-    return pd.read_csv(buf)
+    """history.csv of a run (or a comparison) as a DataFrame - what a notebook does with
+    ``pandas.read_csv`` - with a torn tail left out: the first line that is cut short or has
+    another number of fields than the header, and everything after it. Every valid run
+    directory reads; a history with only its header is an empty frame."""
+    text = (Path(run_dir) / "history.csv").read_bytes().decode("utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if not lines or not lines[0].endswith("\n"):
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    width = len(next(csv.reader([lines[0]])))
+    keep = [lines[0]]
+    for line in lines[1:]:
+        if not line.endswith("\n") or len(next(csv.reader([line]), [])) != width:
+            break
+        keep.append(line)
+    return pd.read_csv(io.StringIO("".join(keep)))

@@ -417,3 +417,11 @@ def test_a_forward_pass_that_yields_nan_or_inf_measures_a_nan_accuracy_not_garba
 
     runner = ForwardRunner(Blows(), compile=False)
     assert np.isnan(runner.count_correct(digits.val.x, digits.val.y, 64))
+
+
+def test_a_comparison_history_reads_whole_and_plots(tmp_path):
+    out = tmp_path / "cmp"
+    assert run_cli("compare", "--methods", "random,uniform", "--seeds", "2", "--hardware", "bismo-edge",
+                   "--budget", "latency=0.6", "--max-evaluations", "3", "--out", str(out), "-q").returncode == 0
+    assert read_history(out).equals(pd.read_csv(out / "history.csv"))  # trials restart per run: not "torn"
+    assert run_cli("plot", str(out)).returncode == 0
