@@ -20,7 +20,7 @@ from haq.budget import Budget, ResolvedBudget, check_reachable
 from haq.config import SearchConfig, default_budget
 from haq.costs import CostModel, CostTable
 from haq.data import DataSplits, load_data
-from haq.errors import ConfigError
+from haq.errors import ConfigError, DataError
 from haq.layers import LayerSpec, describe
 from haq.ledger import Ledger, Recorder
 from haq.methods import MethodSpec, SearchResult, build_options, get_method, run_method
@@ -60,6 +60,12 @@ def load_model_and_data(
             "(or use `haq cost`, which needs none)"
         )
     splits = load_data(spec, image_size=input_size, unlabeled=unlabeled)
+    if splits.input_shape[0] != loaded.input_shape[0]:
+        raise DataError(
+            f"model {model} takes {loaded.input_shape[0]}-channel images, data {splits.name} gives "
+            f"{splits.input_shape[0]}-channel ones; --input-size cannot change that: use the model's own data "
+            f"({loaded.default_data or 'none'}) or a model for this data"
+        )
     if tuple(splits.input_shape) != tuple(loaded.input_shape) and input_size is None:
         loaded.input_shape = tuple(splits.input_shape)  # type: ignore[assignment]
     return loaded, splits, describe(loaded.module, loaded.input_shape)

@@ -34,7 +34,8 @@ def is_valid_bits(bits: int) -> bool:
 def check_bits(bits: int, what: str = "bits") -> int:
     """Return ``bits`` as int or raise a one-line :class:`PolicyError`."""
     if isinstance(bits, bool) or not is_valid_bits(bits):
-        raise PolicyError(f"{what}={bits!r} is not a bitwidth: use 1-8 (integer), 16 or 32 (float)")
+        shown = repr(bits) if not isinstance(bits, int) or abs(bits) < 10**12 else "a huge integer"
+        raise PolicyError(f"{what}={shown[:40]} is not a bitwidth: use 1-8 (integer), 16 or 32 (float)")
     return int(bits)
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ _UNITS: dict[str, dict[str, float]] = {
     "size": {"mib": 1.0, "kib": 1 / 1024, "gib": 1024.0, "b": 1 / 2**20, "mb": 1e6 / 2**20, "kb": 1e3 / 2**20, "gb": 1e9 / 2**20},
     "bops": {"g": 1.0, "gbops": 1.0, "m": 1e-3, "mbops": 1e-3, "t": 1e3, "tbops": 1e3},
 }
-_ITEM_RE = re.compile(r"^\s*([a-zA-Z]+)\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*([a-zA-Z]*)\s*$")
+_ITEM_RE = re.compile(r"^\s*([a-zA-Z]+)\s*=\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def _parse_item(text: str) -> Constraint:
         raise BudgetError(f"budget key {key!r} is unknown: {hint}")
     if num <= 0:
         raise BudgetError(f"budget {text}: the value must be positive")
+    if not math.isfinite(num):
+        raise BudgetError(f"budget {text}: the value must be finite (it overflows a float); give a finite limit")
     if not unit:
         return Constraint(key, num, True, text)
     factors = _UNITS[key]
@@ -117,6 +120,8 @@ def _parse_item(text: str) -> Constraint:
             f"budget {text}: unit {m.group(3)!r} does not fit {key}; use one of {', '.join(factors)} "
             "or no unit for a fraction of uniform 8-bit"
         )
+    if not math.isfinite(num * factors[unit]):
+        raise BudgetError(f"budget {text}: the value must be finite (it overflows a float); give a finite limit")
     return Constraint(key, num * factors[unit], False, text)
 
 

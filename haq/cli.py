@@ -29,7 +29,7 @@ DataOpt = Annotated[str | None, typer.Option("--data", help="digits or imagefold
 InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="image height = width in pixels")]
 HardwareOpt = Annotated[str, typer.Option("--hardware", "-H", help="hardware model (haq list hardware)")]
 DropOpt = Annotated[float | None, typer.Option("--max-accuracy-drop", help="percent points below fp32 (validation) allowed: return the cheapest policy within it, not the most accurate; best with --method pareto")]
-BudgetOpt = Annotated[list[str] | None, typer.Option("--budget", "-b", help=f"default {DEFAULT_BUDGET}; latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; repeat for several")]
+BudgetOpt = Annotated[list[str] | None, typer.Option("--budget", "-b", help=f"default {DEFAULT_BUDGET}; latency=0.5 (x uniform 8-bit), latency=0.3ms, energy=0.2mJ, size=1.5MiB, bops=2G; several: repeat --budget or separate by commas (latency=0.7ms,energy=1 is two items, all must hold)")]
 CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax, percentile:P, entropy or mse")]
 WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
 ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmetric|unsigned|power-of-two -per-tensor")]
@@ -329,9 +329,14 @@ def profile(
 @app.command()
 def plot(run_dir: Annotated[Path, typer.Argument(help="a run directory written by haq search")]) -> None:
     """Redraw the plots of a run directory."""
+    from haq.errors import RunDirError
     from haq.plots import plot_run
 
-    for p in plot_run(run_dir):
+    written = plot_run(run_dir)
+    if not written:
+        raise RunDirError(f"{run_dir} has no trials yet (history.csv holds only its header) and no policy.json: "
+                          "nothing to plot; let the search run (or --resume it) first")
+    for p in written:
         _console().print(str(p))
 
 
@@ -387,6 +392,14 @@ def main(argv: list[str] | None = None) -> None:
     except HaqError as exc:
         print(f"haq: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        from haq.atomic import storage_error
+
+        err = storage_error(exc.filename or "a file", exc)  # a full disk anywhere: one line, not a traceback
+        if not isinstance(err, HaqError):
+            raise
+        print(f"haq: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except MemoryError:
         print("haq: error: out of memory; use a smaller --input-size, fewer images or a smaller model", file=sys.stderr)
         sys.exit(2)

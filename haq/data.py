@@ -133,7 +133,12 @@ def load_imagefolder(
     """
     from torchvision import datasets
 
+    if not str(root).strip():
+        raise DataError("--data imagefolder: needs a folder: write imagefolder:PATH (one sub-folder per class)")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data folder {root} is a file, not a folder; pass --data imagefolder:PATH of a folder "
+                        "with one sub-folder per class")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; pass --data imagefolder:PATH with one sub-folder per class")
     _check_imagefolder(root)

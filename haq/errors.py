@@ -9,9 +9,19 @@ from __future__ import annotations
 
 
 class HaqError(Exception):
-    """Base of every user-facing error: one actionable line, CLI exit code 2."""
+    """Base of every user-facing error: one actionable line, CLI exit code 2.
+
+    The line stays one line whatever the user typed: control characters in the message (a
+    newline or NUL inside a name or path echoed back) are shown escaped, as ``repr`` would.
+    """
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if text.isprintable():
+            return text
+        return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(HaqError):
@@ -48,3 +58,7 @@ class SearchError(HaqError):
 
 class RunDirError(HaqError):
     """A run directory is locked, from another configuration, or its checkpoint is unusable."""
+
+
+class StorageError(HaqError):
+    """A file cannot be written: the disk is full (or read-only). What was written stays valid."""

@@ -8,6 +8,9 @@ directory and ``haq compare``'s merged history.
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +23,10 @@ from haq.scheme import QuantScheme
 HISTORY_COLUMNS = [
     "trial", "method", "wall_s", "w_bits", "a_bits", "accuracy",
     "latency_ms", "energy_mj", "size_mib", "bops_g", "feasible", "reward", "quant",
+    "status",  # "" = measured; "failed: <reason>" = the measurement failed (accuracy empty)
 ]
+#: The columns every history has (histories written before ``status`` existed lack it).
+REQUIRED_COLUMNS = HISTORY_COLUMNS[:12]
 
 
 def bits_str(bits: Sequence[int] | np.ndarray) -> str:
@@ -66,6 +72,52 @@ def pareto_front(history: pd.DataFrame, cost_key: str) -> pd.DataFrame:
     return h[mask].sort_values(col).reset_index(drop=True)
 
 
+def read_history_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]], bool]:
+    """``(header, rows, torn)`` of a history.csv: the rows up to the first that is not whole
+    and valid (a line cut short by a crash or a full disk, a row with the wrong number of
+    fields, a trial number out of sequence, bits that are not integers). ``torn`` says whether
+    anything was dropped; a file without a valid header has no rows."""
+    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if not lines or not lines[0].endswith("\n"):
+        return [], [], bool(text)
+    header = next(csv.reader([lines[0]]))
+    if header[: len(REQUIRED_COLUMNS)] != REQUIRED_COLUMNS or any(c not in HISTORY_COLUMNS for c in header):
+        return [], [], True
+    rows: list[dict[str, str]] = []
+    for line in lines[1:]:
+        fields = next(csv.reader([line]), [])
+        if not line.endswith("\n") or len(fields) != len(header):
+            return header, rows, True
+        row = dict(zip(header, fields, strict=True))
+        try:
+            ok = int(row["trial"]) == len(rows)
+            parse_bits_str(row["w_bits"]), parse_bits_str(row["a_bits"])
+            if row.get("status"):
+                ok = ok and row["accuracy"] == ""
+            else:
+                ok = ok and math.isfinite(float(row["accuracy"]))
+        except ValueError:
+            ok = False
+        if not ok:
+            return header, rows, True
+        rows.append(row)
+    return header, rows, False
+
+
 def read_history(run_dir: str | Path) -> pd.DataFrame:
-    """history.csv of a run as a DataFrame (what a notebook does with pandas.read_csv)."""
-    return pd.read_csv(Path(run_dir) / "history.csv")
+    """history.csv of a run (or a comparison) as a DataFrame - what a notebook does with
+    ``pandas.read_csv`` - with a torn tail left out: the first line that is cut short or has
+    another number of fields than the header, and everything after it. Every valid run
+    directory reads; a history with only its header is an empty frame."""
+    text = (Path(run_dir) / "history.csv").read_bytes().decode("utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if not lines or not lines[0].endswith("\n"):
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    width = len(next(csv.reader([lines[0]])))
+    keep = [lines[0]]
+    for line in lines[1:]:
+        if not line.endswith("\n") or len(next(csv.reader([line]), [])) != width:
+            break
+        keep.append(line)
+    return pd.read_csv(io.StringIO("".join(keep)))

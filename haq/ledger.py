@@ -191,8 +191,12 @@ class Ledger:
 
         Returns one :class:`Trial` per proposal. When the batch is longer than the evaluations
         left, the ones within the limit are committed and then
-        :class:`~haq.problem.EvaluationLimitReached` is raised. A non-finite accuracy raises
-        :class:`~haq.errors.SearchError` (the trials before it are committed).
+        :class:`~haq.problem.EvaluationLimitReached` is raised. A non-finite accuracy (a
+        forward pass that yields NaN/Inf) stops the search: the trials before it are
+        committed, the failed one is recorded in the history with ``status`` "failed: ..." and
+        no accuracy (never a best policy; a resumed run measures it again), then
+        :class:`~haq.errors.SearchError` is raised. It is a fault of the model or data that
+        measuring other policies would repeat, not a bad policy to skip.
         """
         proposals = [self._normal(p) for p in proposals]
         if not proposals:
@@ -250,6 +254,11 @@ class Ledger:
     def _commit(self, p: Proposal, acc: float, wall: float, source: Any) -> Trial:
         index = len(self._trials)
         if not math.isfinite(acc):
+            if self.recorder is not None:  # the failed trial is recorded with its reason, then the run stops
+                cost = self.problem.cost(p.w_bits, p.a_bits)
+                failed = Trial(index, p.w_bits, p.a_bits, acc, cost, False, None, wall, p.scheme, source)
+                self.recorder(self.history_row(failed) | {
+                    "accuracy": None, "status": f"failed: non-finite accuracy ({acc})"})
             raise SearchError(
                 f"trial {index} ({self.method}) measured a non-finite accuracy ({acc}); the run directory is kept - "
                 "check the model and data for NaN/Inf (e.g. a checkpoint trained with a diverged loss)"
@@ -281,6 +290,7 @@ class Ledger:
             "feasible": t.feasible,
             "reward": t.reward,
             "quant": scheme_str(t.scheme),
+            "status": "",
         }
 
     def history(self) -> pd.DataFrame:

@@ -65,6 +65,8 @@ def load_model(
     ``trained=False`` skips training/loading the embedded models' weights: enough for
     anything that needs only layer shapes (``haq cost``).
     """
+    if input_size is not None and int(input_size) < 1:
+        raise ModelError(f"--input-size {input_size}: must be a positive number of pixels (e.g. 224)")
     if name in EMBEDDED:
         from haq.digits_models import ARCHITECTURES, load_digits_model
 
@@ -96,14 +98,26 @@ def load_model(
 
 def _user_factory(spec: str) -> nn.Module:
     mod_name, _, attr = spec.partition(":")
+    if not mod_name.strip() or mod_name.startswith("."):
+        raise ModelError(f"model {spec}: write package.module:factory (an absolute module name before the colon)")
     try:
         mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ModelError(f"model {spec}: cannot import {mod_name} ({exc}); check PYTHONPATH and the module name") from None
-    factory = getattr(mod, attr, None)
+    except Exception as exc:  # ImportError, or whatever the user's module raises on import
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model {spec}: cannot import {mod_name} ({first}); check PYTHONPATH and the module name") from None
+    factory = getattr(mod, attr, None) if attr else None
     if factory is None:
-        raise ModelError(f"model {spec}: module {mod_name} has no attribute {attr!r}")
-    module = factory()
+        raise ModelError(f"model {spec}: module {mod_name} has no attribute {attr!r}; write package.module:factory")
+    if not callable(factory):
+        raise ModelError(f"model {spec}: {attr} is a {type(factory).__name__}, not a factory function or class")
+    try:
+        module = factory()
+    except Exception as exc:  # the user's code: any error is theirs to fix, reported in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(
+            f"model {spec}: calling {attr}() failed ({type(exc).__name__}: {first[:160]}); "
+            "the factory must build the nn.Module with no arguments"
+        ) from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"model {spec}: the factory returned {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -116,15 +130,19 @@ def load_weights(module: nn.Module, path: str | Path, model_name: str = "model")
     checkpoints); a ``module.`` prefix from DataParallel is stripped.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"weights file {path} is a directory; pass the state-dict file inside it")
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # torch's message for a file that is no torch archive at all is a bare byte value ("101")
+        why = f" ({first[:160]})" if len(first) > 12 else " (not a torch archive)"
         raise ModelError(
-            f"weights file {path} is not a state dict saved with torch.save(model.state_dict()) "
-            f"(haq loads weights only, never pickled objects): {first[:160]}"
+            f"weights file {path} is not a state dict saved with torch.save(model.state_dict()){why}; "
+            "haq loads weights only, never pickled objects"
         ) from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):

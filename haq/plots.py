@@ -10,6 +10,7 @@ through pyplot: importing this module leaves a notebook's backend and figures al
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from haq.atomic import atomic_write_bytes
 from haq.costs import COST_FIELDS, UNIT_NAMES
 from haq.errors import RunDirError
-from haq.history import pareto_front
+from haq.history import pareto_front, read_history
 from haq.policy import Policy
 
 
@@ -170,9 +172,12 @@ def plot_run(run_dir: str | Path, references: dict[str, float | None] | None = N
     run = Path(run_dir)
     if not (run / "history.csv").is_file():
         raise RunDirError(f"{run} is not a run directory (no history.csv); pass the folder a search wrote")
-    history = pd.read_csv(run / "history.csv")
+    history = read_history(run)  # a torn last line (a crash mid-write) is left out
     out = []
-    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    try:
+        cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunDirError(f"{run / 'config.json'} is not valid JSON; the run directory is damaged") from None
     budget = cfg.get("budget") or ["latency"]
     key = str(budget[0]).split("=")[0].strip().lower()
     key = key if key in COST_FIELDS else "latency"
@@ -214,9 +219,6 @@ def _run_references(run: Path, key: str, given: dict[str, float | None] | None) 
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
+    return atomic_write_bytes(path, buf.getvalue())  # whole or not at all, even on a full disk

@@ -10,6 +10,7 @@ hardware (every bitwidth is one it runs). Every violation is one line with the f
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -108,7 +109,7 @@ class Policy:
             "layers": [{"name": lb.name, "kind": lb.kind, "w_bits": lb.w_bits, "a_bits": lb.a_bits} for lb in self.layers],
         }
         if self.metrics:
-            d["metrics"] = {k: (None if v is None else float(v)) for k, v in self.metrics.items()}
+            d["metrics"] = {k: _finite_or_none(v) for k, v in self.metrics.items()}
         if self.search:
             d["search"] = dict(self.search)
         return d
@@ -119,7 +120,10 @@ class Policy:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "policy") -> Policy:
-        _validate_schema(d, source)
+        try:
+            _validate_schema(d, source)
+        except RecursionError:
+            raise PolicyError(f"{source}: nested too deeply to be a policy; fix the file or re-export it") from None
         entries = []
         for _i, e in enumerate(d["layers"]):
             name = e["name"]
@@ -143,12 +147,21 @@ class Policy:
     def load(cls, path: str | Path) -> Policy:
         """Read and schema-validate a policy JSON file (no model check: see :meth:`matched_to`)."""
         p = Path(path)
+        if p.is_dir():
+            raise PolicyError(f"policy file {p} is a directory; pass the policy.json inside it (or a shorthand like uniform:8)")
         if not p.is_file():
             raise PolicyError(f"policy file {p} does not exist; pass a policy.json or a shorthand like uniform:8")
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"policy file {p} is not valid JSON ({exc}); fix the file or re-export it") from None
+            why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise PolicyError(f"policy file {p} is not valid JSON ({why}); fix the file or re-export it") from None
+        except RecursionError:
+            raise PolicyError(f"policy file {p} is nested too deeply to be a policy; fix the file or re-export it") from None
+        except ValueError as exc:  # e.g. an integer longer than Python converts (4300 digits)
+            raise PolicyError(f"policy file {p} is not a policy ({str(exc)[:120]}); fix the file or re-export it") from None
+        except OSError as exc:
+            raise PolicyError(f"policy file {p} cannot be read ({exc.strerror or exc}); check its permissions") from None
         return cls.from_dict(d, source=str(p))
 
     # ----- validation against a model and a hardware ----------------------------------
@@ -176,10 +189,25 @@ class Policy:
                 f"policy has no bitwidths for layer {missing[0]}{more}; add an entry per layer "
                 "(`haq cost --policy uniform:8 --json` shows the layer names)"
             )
+        for s in layers:
+            kind = by_name[s.name].kind
+            if kind and kind != s.kind:
+                raise PolicyError(
+                    f"policy says layer {s.name} is a {kind} layer, the model's is {s.kind}; "
+                    "the policy was made for another model - re-export it for this one"
+                )
         ordered = tuple(
             LayerBits(s.name, s.kind, by_name[s.name].w_bits, by_name[s.name].a_bits) for s in layers
         )
         return replace(self, layers=ordered)
+
+
+def _finite_or_none(v: Any) -> float | None:
+    """A metric as JSON: NaN and infinities (a failed measurement) are written as null."""
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
 
 
 _UNIFORM_RE = re.compile(r"^uniform:(?:w(\d+)a(\d+)|(\d+))$")
@@ -198,7 +226,14 @@ def parse_policy(spec: str, layers: Sequence[LayerSpec], **meta: Any) -> Policy:
         check_bits(w, f"{spec}: w_bits")
         check_bits(a, f"{spec}: a_bits")
         return Policy.uniform(layers, w, a, **meta)
-    return Policy.load(spec).matched_to(layers)
+    policy = Policy.load(spec)
+    model = meta.get("model")
+    if model and policy.model and policy.model != model:
+        raise PolicyError(
+            f"policy {spec} was made for model {policy.model!r}, not {model!r}; pass --model {policy.model} "
+            "or a policy searched for this model"
+        )
+    return policy.matched_to(layers)
 
 
 @cache

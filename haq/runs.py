@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from haq.atomic import atomic_write_json, atomic_write_text
+from haq.atomic import append_line, atomic_write_json, atomic_write_text
 from haq.errors import RunDirError
-from haq.history import HISTORY_COLUMNS, pareto_front, read_history
+from haq.history import HISTORY_COLUMNS, pareto_front, read_history, read_history_rows
 from haq.methods import SearchResult
 from haq.plots import plot_run
 from haq.policy import Policy
@@ -42,41 +42,46 @@ from haq.stats import accuracy_text, wilson_interval, within_noise
 
 
 class HistoryWriter:
-    """Appends history rows to ``history.csv``, one flushed line per row.
+    """Appends history rows to ``history.csv``, one whole, flushed line per row.
 
     Rows already in the file (from before a resume) are skipped when the re-run method
-    reproduces them; if it diverges at trial ``k``, rows from ``k`` on are dropped first.
+    reproduces them; if it diverges at trial ``k``, rows from ``k`` on are dropped first. A
+    torn tail (a line cut short by a crash, see :func:`~haq.history.read_history_rows`) is
+    dropped when the file is opened, and a history written before the ``status`` column
+    existed gets it; the header is written atomically, so the file always has one.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.existing: list[dict[str, str]] = []
         if path.is_file():
-            with path.open(newline="") as f:
-                self.existing = list(csv.DictReader(f))
+            header, self.existing, torn = read_history_rows(path)
+            if torn or header != HISTORY_COLUMNS:
+                self._truncate(len(self.existing))
         else:
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(HISTORY_COLUMNS)
+            self._truncate(0)
 
     def replay(self) -> dict[int, dict[str, Any]]:
-        """Measured rows keyed by trial index, for :class:`SearchProblem.replay`."""
-        return {int(r["trial"]): r for r in self.existing}
+        """Measured rows keyed by trial index, for :class:`SearchProblem.replay` (a failed
+        measurement is not replayed: the resumed search measures it again)."""
+        return {int(r["trial"]): r for r in self.existing if not r.get("status")}
 
     def __call__(self, row: dict[str, Any]) -> None:
         i = int(row["trial"])
         if i < len(self.existing):
             old = self.existing[i]
-            if (old["w_bits"], old["a_bits"], old.get("quant") or "") == (row["w_bits"], row["a_bits"], row["quant"]):
+            same = (old["w_bits"], old["a_bits"], old.get("quant") or "", old.get("status") or "") == (
+                row["w_bits"], row["a_bits"], row["quant"], row.get("status") or "")
+            if same:
                 return
             self._truncate(i)
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow(["" if row[c] is None else row[c] for c in HISTORY_COLUMNS])
-            f.flush()
-            os.fsync(f.fileno())
+        buf = io.StringIO()
+        csv.writer(buf).writerow(["" if row.get(c) is None else row[c] for c in HISTORY_COLUMNS])
+        append_line(self.path, buf.getvalue())
 
     def _truncate(self, n: int) -> None:
         self.existing = self.existing[:n]
-        lines = [HISTORY_COLUMNS] + [[r.get(c, "") for c in HISTORY_COLUMNS] for r in self.existing]
+        lines = [HISTORY_COLUMNS] + [[r.get(c) or "" for c in HISTORY_COLUMNS] for r in self.existing]
         buf = io.StringIO()
         csv.writer(buf).writerows(lines)
         atomic_write_text(self.path, buf.getvalue())
@@ -120,9 +125,16 @@ class RunDir:
     def open(self, config: dict[str, Any], resume: bool) -> None:
         """Create (or, with ``resume``, reopen) the run and take its lock."""
         self.check_available(config, resume)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock()
-        atomic_write_json(self.path / "config.json", config)
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock()
+            atomic_write_json(self.path / "config.json", config)
+        except BaseException:  # e.g. a full disk: a failed start leaves --out as it was
+            self.release()
+            if created and not any(self.path.iterdir()):
+                self.path.rmdir()
+            raise
 
     def check_unlocked(self) -> None:
         lock = self.path / ".lock"

@@ -26,7 +26,12 @@ def get_hardware(name: str) -> HardwareModel:
     if name.startswith("table:"):
         from haq.simulators.measured import TableHardware
 
-        return TableHardware.from_csv(name[len("table:") :])
+        path = name[len("table:") :]
+        if not path.strip() or "\x00" in path:
+            from haq.errors import HardwareError
+
+            raise HardwareError(f"hardware {name!r}: write table:PATH with the path of a profile CSV (haq profile writes one)")
+        return TableHardware.from_csv(path)
     return HARDWARE.get(name)()
 
 

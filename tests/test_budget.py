@@ -86,7 +86,7 @@ def test_several_items_all_must_hold():
         ("latncy=0.5", "unknown: did you mean latency"),
         ("speed=3", "unknown: use one of latency, energy, size, bops"),
         ("latency", "malformed"),
-        ("latency=-1", "malformed"),
+        ("latency=-1", "must be positive"),
         ("latency=0", "must be positive"),
         ("size=3ms", "unit 'ms' does not fit size"),
     ],

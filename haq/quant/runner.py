@@ -130,10 +130,15 @@ class ForwardRunner:
         """Eager time after which ``auto`` compiles, s."""
         return self.compile_cost_s / EXPECTED_SAVING
 
-    def count_correct(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> int:
-        """Correct predictions on images ``x`` ``(N, C, H, W)`` with labels ``y`` ``(N,)``."""
-        hits = self._map_batches(x, batch_size, lambda s, out: int((out.argmax(1) == y[s : s + batch_size]).sum()))
-        return sum(hits)
+    def count_correct(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+        """Correct predictions on images ``x`` ``(N, C, H, W)`` with labels ``y`` ``(N,)``; NaN
+        when an output is NaN or infinite (an argmax over them would count garbage as hits)."""
+        def hits_of(s: int, out: torch.Tensor) -> float:
+            if not bool(torch.isfinite(out).all()):
+                return float("nan")
+            return float((out.argmax(1) == y[s : s + batch_size]).sum())
+
+        return float(sum(self._map_batches(x, batch_size, hits_of)))
 
     def logits(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Outputs ``(N, classes)`` on images ``x`` ``(N, C, H, W)`` (an ordinary tensor)."""

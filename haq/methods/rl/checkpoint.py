@@ -11,9 +11,9 @@ mid-checkpoint leaves the previous one.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import numpy as np
 
 from haq.atomic import atomic_write_bytes, atomic_write_json
 from haq.errors import RunDirError
-from haq.history import parse_bits_str
+from haq.history import parse_bits_str, read_history_rows
 from haq.ledger import Ledger
 from haq.methods.rl.agent import HAQDDPG
 from haq.problem import Proposal
@@ -65,7 +65,7 @@ def read_checkpoint(folder: Path, identity: dict[str, Any]) -> dict[str, Any] | 
     try:
         state = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunDirError(f"{path} is not valid JSON; delete {folder} to restart the search from its history") from None
+        return None  # cut short (a crash or a full disk): the search re-runs from its history instead
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise RunDirError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint; delete {folder} to restart the search")
     for key, want in identity.items():
@@ -88,8 +88,20 @@ def _history_rows(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / "history.csv"
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    return read_history_rows(path)[1]
+
+
+def _whole(agent: Path, replay: Path) -> bool:
+    """Whether the agent zip and the replay npz are complete archives (every member's CRC
+    checks), so that loading them cannot fail half-way and leave the agent half restored."""
+    try:
+        for archive in (agent, replay):
+            with zipfile.ZipFile(archive) as z:
+                if z.testzip() is not None:
+                    return False
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+    return True
 
 
 def restore(folder: Path, agent: HAQDDPG, rng: np.random.Generator, ledger: Ledger,
@@ -102,8 +114,10 @@ def restore(folder: Path, agent: HAQDDPG, rng: np.random.Generator, ledger: Ledg
         return 0
     episode = int(state["episode"])
     rows = _history_rows(folder.parent)
-    if len(rows) < episode or any(int(r["trial"]) != i for i, r in enumerate(rows[:episode])):
+    if len(rows) < episode or any(int(r["trial"]) != i or r.get("status") for i, r in enumerate(rows[:episode])):
         return 0  # history shorter than the checkpoint: re-run from the start (replay answers)
+    if not _whole(folder / str(state.get("agent")), folder / str(state.get("replay"))):
+        return 0  # agent or replay file cut short: re-run from the start, answered from the history
     try:
         agent.set_parameters(str(folder / state["agent"]), exact_match=True, device=agent.device)
         with np.load(folder / state["replay"], allow_pickle=False) as arrays:
