@@ -105,14 +105,14 @@ def plot_pareto(
     returned = returned or []
     window = max([WINDOW_PT] + [100 * (fp32 - r.val_accuracy) + 0.5 for r in returned])
     hidden = 0
-    colours: dict[str, object] = {}
-    for name, group in history.groupby(by, sort=False) if by in history else [("all", history)]:
+    colours: dict[str, str] = {}
+    for k, (name, group) in enumerate(history.groupby(by, sort=False) if by in history else [("all", history)]):
         g = group.dropna(subset=[col, "accuracy"])
         drop = 100 * (fp32 - g["accuracy"].astype(float))
         near = drop <= window
         hidden += int((~near).sum())
-        pts = ax.scatter(g[col][near], drop[near], s=10, alpha=0.35, label=f"{name}")
-        colours[str(name)] = tuple(pts.get_facecolor()[0]) if len(pts.get_facecolor()) else None
+        colours[str(name)] = f"C{k % 10}"
+        ax.scatter(g[col][near], drop[near], s=10, alpha=0.35, label=f"{name}", color=colours[str(name)])
         front = pareto_front(g, cost_key)
         if not front.empty:
             fdrop = 100 * (fp32 - front["accuracy"].astype(float))
@@ -126,7 +126,7 @@ def plot_pareto(
                     ha="right", fontsize=7, color="#555555")
     for r in returned:
         d = 100 * (fp32 - r.val_accuracy)
-        colour = colours.get(r.group or "", colours.get("all"))
+        colour = colours.get(r.group or "", colours.get("all", "C0"))
         ax.scatter([r.cost], [d], marker="*", s=160, color=colour, edgecolor="black", zorder=5)
         ci = f" [{100 * r.test_low:.1f}-{100 * r.test_high:.1f}]" if r.test_low is not None and r.test_high is not None else ""
         ax.annotate(f"{r.label}: test {100 * r.test_accuracy:.2f}%{ci}", (r.cost, d),
