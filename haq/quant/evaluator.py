@@ -39,8 +39,8 @@ from haq.errors import ConfigError
 from haq.fold import fold_batchnorm
 from haq.layers import LayerSpec, describe
 from haq.quant.calibration import ActivationStats, cached_stats, calibrate
-from haq.quant.qlayer import pack_activation, wrap_layers
-from haq.quant.quantizers import activation_params, quantize_weight
+from haq.quant.qlayer import pack_activation, quantize_bias, wrap_layers
+from haq.quant.quantizers import activation_params, quantize_weight, weight_integers
 from haq.quant.runner import DEFAULT_COMPILE_COST_S, CompileOption, ForwardRunner
 from haq.scheme import QuantScheme
 
@@ -135,11 +135,13 @@ class Evaluator:
         self.qmodel = copy.deepcopy(_shared.folded).eval()
         self.qlayers = wrap_layers(self.qmodel, [s.name for s in self.layers])
         self._float_w = [q.inner.weight.detach().clone() for q in self.qlayers]
+        self._float_b = [q.bias.detach().clone() for q in self.qlayers]
         if channels_last == "auto":
             channels_last = any(s.kind == "depthwise" for s in self.layers)
         self._runner = ForwardRunner(self.qmodel, compile, compile_cost_s, channels_last=bool(channels_last))
         self._w_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._a_cache: dict[tuple[int, int], tuple[tuple[float, float, float, float], torch.Tensor]] = {}
+        self._b_cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._current_w = [FLOAT_BITS] * len(self.layers)
         self._current_a = [FLOAT_BITS] * len(self.layers)
 
@@ -204,6 +206,29 @@ class Evaluator:
             self._w_cache[key] = w
         return w
 
+    def weight_scale(self, index: int, bits: int) -> torch.Tensor:
+        """Per-output-channel (or one) scale of layer ``index``'s ``bits``-bit weights (1-8)."""
+        return weight_integers(
+            self._float_w[index], int(bits), self.scheme.weight_mode,
+            per_channel=self.scheme.weight_granularity == "per-channel",
+        )[1]
+
+    def bias(self, index: int, w_bits: int, a_bits: int) -> torch.Tensor:
+        """The bias layer ``index`` adds at ``(w_bits, a_bits)``: with integer weights and
+        input (1-8 bits both) rounded to the int32 grid of ``input_scale * weight_scale``,
+        as an integer runtime adds it (:func:`~haq.quant.qlayer.quantize_bias`); else float."""
+        w_bits, a_bits = int(w_bits), int(a_bits)
+        if w_bits >= HALF_BITS or a_bits >= HALF_BITS or not self.qlayers[index].has_bias:
+            return self._float_b[index]
+        key = (index, w_bits, a_bits)
+        b = self._b_cache.get(key)
+        if b is None:
+            (scale, _, _, _), _ = self._act_params(index, a_bits)
+            b = quantize_bias(self._float_b[index], float(torch.tensor(scale, dtype=torch.float32)),
+                              self.weight_scale(index, w_bits))[0]
+            self._b_cache[key] = b
+        return b
+
     def float_weight(self, index: int) -> torch.Tensor:
         """The BN-folded float weight of layer ``index``."""
         return self._float_w[index]
@@ -244,6 +269,7 @@ class Evaluator:
             raise ConfigError(f"policy has {len(w_bits)} layers, the model {len(self.layers)}")
         for i, (w, a) in enumerate(zip(w_bits.tolist(), a_bits.tolist(), strict=True)):
             q = self.qlayers[i]
+            changed = w != self._current_w[i] or a != self._current_a[i]
             if w != self._current_w[i]:
                 q.weight.copy_(self.quantized_weight(i, check_bits(w)))
                 self._current_w[i] = w
@@ -255,6 +281,8 @@ class Evaluator:
                 else:
                     q.set_activation(*self._act_params(i, a))
                 self._current_a[i] = a
+            if changed:
+                q.bias.copy_(self.bias(i, w, a))
 
     def _act_params(self, index: int, bits: int) -> tuple[tuple[float, float, float, float], torch.Tensor]:
         key = (index, bits)
