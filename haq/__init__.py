@@ -22,6 +22,7 @@ from haq.api import Workspace, make_problem, prepare, search
 from haq.budget import Budget
 from haq.compare import compare
 from haq.config import SearchConfig
+from haq.deploy import export
 from haq.costs import Cost
 from haq.errors import HaqError
 from haq.history import read_history
@@ -51,6 +52,7 @@ __all__ = [
     "Workspace",
     "compare",
     "describe",
+    "export",
     "make_problem",
     "parse_policy",
     "prepare",

@@ -295,6 +295,34 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
     _console().print(result_table(result))
 
 
+# ----- export / verify --------------------------------------------------------------------------
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="a run directory, a policy.json, or uniform:8 / uniform:w4a8")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the ONNX file to write")] = Path("model.onnx"),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="default: the run's (or the policy's) model")] = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    input_size: InputSizeOpt = None,
+    format: Annotated[str, typer.Option("--format", help="onnx (QDQ, opset 21)")] = "onnx",
+    int8_containers: Annotated[bool, typer.Option("--int8-containers", help="4-bit weights in int8, not int4 (ONNX Runtime can then fuse them into QLinearConv)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Export a policy as an ONNX QDQ model that ONNX Runtime runs as haq measured it."""
+    from haq.deploy import export as run_export
+
+    result = run_export(source, out, model=model, weights=weights, data=data, input_size=input_size,
+                        format=format, int4_weights=not int8_containers)
+    summary = result.summary()
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    con = _console()
+    con.print(f"wrote {summary['path']}  ({summary['bytes'] / 1024:.1f} KiB, ONNX opset {summary['opset']}, model {summary['model']})")
+    con.print(f"quantized: {summary['quantized_weights']} weights, {summary['quantized_activations']} activations "
+              f"({', '.join(summary['containers']) or 'none'}); float layers: {len(summary['float_layers'])}")
+
+
 # ----- profile / plot / list ------------------------------------------------------------------
 @app.command()
 def profile(

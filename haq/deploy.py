@@ -173,10 +173,16 @@ def build_qdq_model(
     proto = _float_graph(evaluator.folded_model(), evaluator.data.input_shape)
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
+    # the TorchScript exporter shares equal initializers through Identity nodes: follow them
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+
+    def source(name: str) -> str:
+        return alias.get(name, name)
+
     by_weight: dict[str, Any] = {}
     for node in graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
-            by_weight.setdefault(node.input[1], node)
+            by_weight.setdefault(source(node.input[1]), node)
     new_nodes: dict[int, list[Any]] = {}  # id(node) -> nodes to insert before it
     quantized: list[QuantizedTensor] = []
     float_layers: list[str] = []
@@ -199,7 +205,8 @@ def build_qdq_model(
         # --- weight
         if wb == HALF_BITS:
             w16 = evaluator.float_weight(i).detach().half().float().numpy()
-            inits[wname].CopyFrom(_float_tensor(wname, w16))
+            graph.initializer.append(_float_tensor(f"{wname}_fp16", w16))
+            node.input[1] = f"{wname}_fp16"
             quantized.append(QuantizedTensor(wname, "weight", spec.name, wb, "float16"))
         elif wb < HALF_BITS:
             q, scale, zero = weight_integers(
@@ -211,7 +218,6 @@ def build_qdq_model(
             per_channel = scale.numel() > 1
             s = scale.numpy() if per_channel else scale.reshape(()).numpy()
             z = zero.numpy() if per_channel else zero.reshape(()).numpy()
-            graph.initializer.remove(inits.pop(wname))
             qname = f"{wname}_quantized"
             graph.initializer.extend([
                 _int_tensor(qname, q.numpy(), dtype), _float_tensor(f"{wname}_scale", s),
@@ -219,9 +225,10 @@ def build_qdq_model(
             ])
             kwargs = {"axis": 0} if per_channel else {}
             before.append(helper.make_node(
-                "DequantizeLinear", [qname, f"{wname}_scale", f"{wname}_zero_point"], [wname],
+                "DequantizeLinear", [qname, f"{wname}_scale", f"{wname}_zero_point"], [f"{wname}_dq"],
                 name=f"{spec.name}/weight/DequantizeLinear", **kwargs,
             ))
+            node.input[1] = f"{wname}_dq"
             quantized.append(QuantizedTensor(wname, "weight", spec.name, wb, cname))
         # --- input activation
         x = node.input[0]
@@ -266,32 +273,49 @@ def build_qdq_model(
             quantized.append(QuantizedTensor(x, "activation", spec.name, ab, cname, clip))
         node.input[0] = shared[key]
         # --- bias: int32 on the grid of input_scale * weight_scale, as the evaluator adds it
-        if wb < HALF_BITS and len(node.input) > 2 and node.input[2] in inits:
-            bname = node.input[2]
-            _, bq = quantize_bias(torch.from_numpy(numpy_helper.to_array(inits[bname]).copy()), s32,
+        if wb < HALF_BITS and len(node.input) > 2 and source(node.input[2]) in inits:
+            bname = f"{spec.name}.bias"
+            _, bq = quantize_bias(torch.from_numpy(numpy_helper.to_array(inits[source(node.input[2])]).copy()), s32,
                                   evaluator.weight_scale(i, wb))
             bscale = (torch.tensor(s32, dtype=torch.float32) * evaluator.weight_scale(i, wb)).expand_as(bq)
-            graph.initializer.remove(inits.pop(bname))
             graph.initializer.extend([
                 _int_tensor(f"{bname}_quantized", bq.numpy(), TensorProto.INT32),
                 _float_tensor(f"{bname}_scale", bscale.numpy()),
                 _int_tensor(f"{bname}_zero_point", np.zeros(bq.shape[0]), TensorProto.INT32),
             ])
             before.append(helper.make_node(
-                "DequantizeLinear", [f"{bname}_quantized", f"{bname}_scale", f"{bname}_zero_point"], [bname],
+                "DequantizeLinear", [f"{bname}_quantized", f"{bname}_scale", f"{bname}_zero_point"], [f"{bname}_dq"],
                 name=f"{spec.name}/bias/DequantizeLinear", axis=0,
             ))
+            node.input[2] = f"{bname}_dq"
             quantized.append(QuantizedTensor(bname, "bias", spec.name, 32, "int32"))
     nodes = list(graph.node)
     del graph.node[:]
     for node in nodes:
         graph.node.extend(new_nodes.get(id(node), []))
         graph.node.append(node)
+    _prune(graph)
     proto.producer_name = "haq"
     meta = {"policy": json.dumps(policy.to_dict()), "haq.quantized_tensors": str(len(quantized))}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     return proto, quantized, float_layers
+
+
+def _prune(graph: Any) -> None:
+    """Drop nodes whose outputs nothing reads, then initializers nothing reads (the float
+    weights and biases the quantized ones replaced, and the Identity nodes that shared them)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
 
 
 def check_model(proto: Any) -> None:
@@ -411,6 +435,7 @@ def export(
     data: str | None = None,
     input_size: int | None = None,
     format: str = "onnx",
+    int4_weights: bool = True,
 ) -> ExportResult:
     """Export the policy of a run directory or ``policy.json`` (or a shorthand ``uniform:8``)
     applied to ``model`` as an ONNX QDQ model at ``out`` (written atomically, checked).
@@ -436,7 +461,7 @@ def export(
             raise PolicyError(f"the policy is for model {policy_model}, not {name}: {exc}") from None
         raise
     evaluator = Evaluator(loaded.module, splits, policy.quant, layers, compile=False)
-    proto, quantized, float_layers = build_qdq_model(evaluator, policy)
+    proto, quantized, float_layers = build_qdq_model(evaluator, policy, int4_weights)
     check_model(proto)
     blob = proto.SerializeToString()
     try:
