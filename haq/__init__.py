@@ -22,8 +22,8 @@ from haq.api import Workspace, make_problem, prepare, search
 from haq.budget import Budget
 from haq.compare import compare
 from haq.config import SearchConfig
-from haq.deploy import export
 from haq.costs import Cost
+from haq.deploy import export
 from haq.errors import HaqError
 from haq.history import read_history
 from haq.layers import LayerSpec, describe

@@ -126,7 +126,7 @@ def _int_tensor(name: str, values: np.ndarray, dtype: int) -> Any:
     return helper.make_tensor(name, dtype, list(values.shape), values.astype(np.int64).flatten().tolist())
 
 
-def _float_tensor(name: str, values: np.ndarray | float) -> Any:
+def _float_tensor(name: str, values: Any) -> Any:
     from onnx import numpy_helper
 
     return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
@@ -143,7 +143,8 @@ def _float_graph(folded: nn.Module, input_shape: Sequence[int]) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(
+            exporter: Any = torch.onnx.export  # the TorchScript exporter also writes to a BytesIO
+            exporter(
                 folded, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=17,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -223,7 +224,7 @@ def build_qdq_model(
                 _int_tensor(qname, q.numpy(), dtype), _float_tensor(f"{wname}_scale", s),
                 _int_tensor(f"{wname}_zero_point", z, dtype),
             ])
-            kwargs = {"axis": 0} if per_channel else {}
+            kwargs: dict[str, Any] = {"axis": 0} if per_channel else {}
             before.append(helper.make_node(
                 "DequantizeLinear", [qname, f"{wname}_scale", f"{wname}_zero_point"], [f"{wname}_dq"],
                 name=f"{spec.name}/weight/DequantizeLinear", **kwargs,
