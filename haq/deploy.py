@@ -470,3 +470,83 @@ def export(
     except OSError as exc:
         raise ConfigError(f"--out {path} cannot be written ({exc.strerror or exc}); choose another --out") from None
     return ExportResult(path, policy, name, OPSET, quantized, float_layers, len(blob))
+
+
+# ----------------------------------------------------------------------------- measured latency
+def generated_data(input_shape: Sequence[int], classes: int = 10, images: int = 64, seed: int = 0) -> DataSplits:
+    """Random normal images (and labels) for models without data: enough to calibrate an
+    export whose accuracy nobody reads (kernel time does not depend on the values)."""
+    from haq.data import Split
+
+    g = torch.Generator().manual_seed(seed)
+    shape = tuple(int(v) for v in input_shape)
+
+    def split(n: int) -> Split:
+        return Split(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g))
+
+    return DataSplits("generated", (shape[0], shape[1], shape[2]), classes, calib=split(images), val=split(8), test=split(8))
+
+
+def latency_ms(model: Any, input_shape: Sequence[int], batch: int = 1, threads: int = 1, repeats: int = 30,
+               warmup: int = 5) -> float:
+    """Median end-to-end ONNX Runtime latency (ms) of ``model`` on one random batch, the
+    clock and threads of the ``cpu`` hardware model (:mod:`haq.simulators.profiling`)."""
+    from haq.simulators.profiling import time_session
+
+    session = ort_session(model, threads)
+    x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+    return time_session(session, {session.get_inputs()[0].name: x}, repeats, warmup, threads)
+
+
+@dataclass(frozen=True)
+class EndToEndCheck:
+    """Sum of per-layer profiled times (the ``cpu`` hardware model) against the measured
+    whole exported model, fp32 and uniform int8, one model; ms for one batch."""
+
+    layers_fp32_ms: float
+    layers_int8_ms: float
+    model_fp32_ms: float
+    model_int8_ms: float
+    profile_s: float
+    n_layers: int
+
+    @property
+    def error_fp32(self) -> float:
+        return self.layers_fp32_ms / self.model_fp32_ms - 1
+
+    @property
+    def error_int8(self) -> float:
+        return self.layers_int8_ms / self.model_int8_ms - 1
+
+
+def check_end_to_end(model: nn.Module, input_shape: Sequence[int], batch: int = 1, threads: int = 1,
+                     repeats: int = 30) -> EndToEndCheck:
+    """Profile ``model``'s layers with the ``cpu`` hardware model and time its fp32 and
+    uniform-8 exports end to end in ONNX Runtime (mean of a measurement before and after
+    profiling, so drifting load hits both sides alike)."""
+    import time
+
+    from haq.layers import describe
+    from haq.simulators.measured import CpuProfileHardware
+
+    layers = describe(model, input_shape)
+    ev = Evaluator(model, generated_data(input_shape), None, layers, compile=False)
+    fp32, _, _ = build_qdq_model(ev, Policy.uniform(layers, FLOAT_BITS))
+    int8, _, _ = build_qdq_model(ev, Policy.uniform(layers, 8))
+
+    def whole() -> tuple[float, float]:
+        return (latency_ms(fp32, input_shape, batch, threads, repeats),
+                latency_ms(int8, input_shape, batch, threads, repeats))
+
+    before = whole()
+    start = time.perf_counter()
+    table = CpuProfileHardware(threads=threads, repeats=repeats).cost_table(layers, batch)
+    profile_s = time.perf_counter() - start
+    after = whole()
+    n = len(layers)
+    return EndToEndCheck(
+        layers_fp32_ms=table.cost(np.full(n, 32), np.full(n, 32))[0],
+        layers_int8_ms=table.cost(np.full(n, 8), np.full(n, 8))[0],
+        model_fp32_ms=(before[0] + after[0]) / 2, model_int8_ms=(before[1] + after[1]) / 2,
+        profile_s=profile_s, n_layers=n,
+    )
