@@ -66,6 +66,7 @@ from haq.errors import ConfigError, ModelError, PolicyError, RunDirError
 from haq.layers import LayerSpec
 from haq.policy import Policy, parse_policy
 from haq.quant.evaluator import Evaluator
+from haq.quant.graph import OUTPUT_BITS
 from haq.quant.qlayer import quantize_bias
 from haq.quant.quantizers import activation_params, weight_integers
 
@@ -157,6 +158,33 @@ def _float_graph(folded: nn.Module, input_shape: Sequence[int]) -> Any:
     return version_converter.convert_version(proto, OPSET)
 
 
+def _qdq_nodes(graph: Any, tag: str, src: str, bits: int, params: tuple[float, float, float, float],
+               where: str) -> tuple[list[Any], str, str, bool]:
+    """``[Clip] -> QuantizeLinear -> DequantizeLinear`` of tensor ``src`` with the evaluator's
+    ``(scale, zero, qmin, qmax)`` (its float32 scale, as :func:`~haq.quant.qlayer.pack_activation`
+    has it): the nodes, the dequantized tensor, the container name, whether clipped."""
+    from onnx import helper
+
+    scale_, zero_, qmin, qmax = params
+    s32 = float(np.float32(scale_))
+    dtype, cname, clo, chi = _container(bits, qmin < 0, int4=False)
+    clip = (qmin, qmax) != (clo, chi)
+    graph.initializer.extend([_float_tensor(f"{tag}_scale", s32), _int_tensor(f"{tag}_zero_point", np.array(zero_), dtype)])
+    nodes = []
+    if clip:
+        lo_f, hi_f = np.float32((qmin - zero_) * s32), np.float32((qmax - zero_) * s32)
+        graph.initializer.extend([_float_tensor(f"{tag}_min", lo_f), _float_tensor(f"{tag}_max", hi_f)])
+        nodes.append(helper.make_node("Clip", [src, f"{tag}_min", f"{tag}_max"], [f"{tag}_clipped"], name=f"{where}/Clip"))
+        src = f"{tag}_clipped"
+    nodes += [
+        helper.make_node("QuantizeLinear", [src, f"{tag}_scale", f"{tag}_zero_point"], [f"{tag}_q"],
+                         name=f"{where}/QuantizeLinear"),
+        helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zero_point"], [f"{tag}_dq"],
+                         name=f"{where}/DequantizeLinear"),
+    ]
+    return nodes, f"{tag}_dq", cname, clip
+
+
 def build_qdq_model(
     evaluator: Evaluator, policy: Policy, int4_weights: bool = True
 ) -> tuple[Any, list[QuantizedTensor], list[str]]:
@@ -185,6 +213,11 @@ def build_qdq_model(
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
             by_weight.setdefault(source(node.input[1]), node)
     new_nodes: dict[int, list[Any]] = {}  # id(node) -> nodes to insert before it
+    after: dict[int, list[Any]] = {}  # id(node) -> nodes to insert after it
+    rewire: dict[str, str] = {}  # tensor -> its output-quantized version, for every reader
+    layer_input: dict[int, str] = {}
+    layer_input_q: dict[int, str] = {}
+    plan = evaluator.residual_plan
     quantized: list[QuantizedTensor] = []
     float_layers: list[str] = []
     shared: dict[tuple, str] = {}  # (tensor, bits, params) -> dequantized tensor name
@@ -233,6 +266,7 @@ def build_qdq_model(
             quantized.append(QuantizedTensor(wname, "weight", spec.name, wb, cname))
         # --- input activation
         x = node.input[0]
+        layer_input[i] = x
         if ab == FLOAT_BITS:
             continue
         if ab == HALF_BITS:
@@ -245,34 +279,19 @@ def build_qdq_model(
                 ]
                 quantized.append(QuantizedTensor(x, "activation", spec.name, ab, "float16"))
             node.input[0] = shared[key]
+            layer_input_q[i] = shared[key]
             continue
         lo, hi = evaluator.activation_range(i, ab)
-        scale_, zero_, qmin, qmax = activation_params(lo, hi, ab, scheme.activation_mode)
-        # the evaluator's float32 scale (pack_activation), so both sides use the same number
-        s32 = float(np.float32(scale_))
-        key = (x, ab, s32, zero_, qmin, qmax)
+        params = activation_params(lo, hi, ab, scheme.activation_mode)
+        s32 = float(np.float32(params[0]))
+        key = (x, ab, s32, *params[1:])
         if key not in shared:
-            tag = f"{x}_a{ab}_{len(shared)}"
-            signed = qmin < 0
-            dtype, cname, clo, chi = _container(ab, signed, int4=False)
-            clip = (qmin, qmax) != (clo, chi)
-            graph.initializer.extend([_float_tensor(f"{tag}_scale", s32), _int_tensor(f"{tag}_zero_point", np.array(zero_), dtype)])
-            src = x
-            if clip:
-                lo_f, hi_f = np.float32((qmin - zero_) * s32), np.float32((qmax - zero_) * s32)
-                graph.initializer.extend([_float_tensor(f"{tag}_min", lo_f), _float_tensor(f"{tag}_max", hi_f)])
-                before.append(helper.make_node("Clip", [x, f"{tag}_min", f"{tag}_max"], [f"{tag}_clipped"],
-                                               name=f"{spec.name}/input/Clip"))
-                src = f"{tag}_clipped"
-            before += [
-                helper.make_node("QuantizeLinear", [src, f"{tag}_scale", f"{tag}_zero_point"], [f"{tag}_q"],
-                                 name=f"{spec.name}/input/QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zero_point"], [f"{tag}_dq"],
-                                 name=f"{spec.name}/input/DequantizeLinear"),
-            ]
-            shared[key] = f"{tag}_dq"
+            nodes_, shared[key], cname, clip = _qdq_nodes(graph, f"{x}_a{ab}_{len(shared)}", x, ab, params,
+                                                          f"{spec.name}/input")
+            before += nodes_
             quantized.append(QuantizedTensor(x, "activation", spec.name, ab, cname, clip))
         node.input[0] = shared[key]
+        layer_input_q[i] = shared[key]
         # --- bias: int32 on the grid of input_scale * weight_scale, as the evaluator adds it
         if wb < HALF_BITS and len(node.input) > 2 and source(node.input[2]) in inits:
             bname = f"{spec.name}.bias"
@@ -290,16 +309,47 @@ def build_qdq_model(
             ))
             node.input[2] = f"{bname}_dq"
             quantized.append(QuantizedTensor(bname, "bias", spec.name, 32, "int32"))
+        # --- output feeding a residual add (haq.quant.graph): 8 bits while the layer is integer
+        if i in plan.outputs and evaluator.is_integer_layer(wb, ab):
+            y = node.output[0]
+            nodes_, y_dq, cname, clip = _qdq_nodes(graph, f"{y}_out", y, OUTPUT_BITS, evaluator.output_params(i),
+                                                   f"{spec.name}/output")
+            after.setdefault(id(node), []).extend(nodes_)
+            rewire[y] = y_dq
+            quantized.append(QuantizedTensor(y, "output", spec.name, OUTPUT_BITS, cname, clip))
     nodes = list(graph.node)
+    produced_by_qdq = {o for extra in after.values() for n in extra for o in n.output}
+    readers = nodes + [n for extra in new_nodes.values() for n in extra]
+    for node in readers:  # readers of an output-quantized tensor read its DequantizeLinear
+        for k, name in enumerate(node.input):
+            if name in rewire:
+                node.input[k] = rewire[name]
+    # skip connections: an add reads the quantized input of the layer that also reads it
+    skip_sources = {layer_input[k]: layer_input_q[k] for k in plan.skips if k in layer_input_q}
+    skipped = 0
+    for node in nodes:
+        if node.op_type == "Add":
+            for k, name in enumerate(node.input):
+                if name in skip_sources:
+                    node.input[k] = skip_sources[name]
+                    skipped += 1
+    wanted = sum(1 for k in plan.skips if k in layer_input_q)
+    if skipped != wanted:
+        raise ModelError(
+            f"cannot export the residual adds as the evaluator quantizes them ({skipped} of {wanted} skip "
+            "connections found in the ONNX graph); please report the model"
+        )
     del graph.node[:]
     for node in nodes:
         graph.node.extend(new_nodes.get(id(node), []))
         graph.node.append(node)
+        graph.node.extend(after.get(id(node), []))
+    assert produced_by_qdq.isdisjoint(rewire)  # no cycle: the Q reads the raw tensor
     _prune(graph)
     proto.producer_name = "haq"
     meta = {"policy": json.dumps(policy.to_dict()), "haq.quantized_tensors": str(len(quantized))}
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=v)
+    for mk, mv in meta.items():
+        proto.metadata_props.add(key=mk, value=mv)
     return proto, quantized, float_layers
 
 

@@ -39,6 +39,7 @@ from haq.errors import ConfigError
 from haq.fold import fold_batchnorm
 from haq.layers import LayerSpec, describe
 from haq.quant.calibration import ActivationStats, cached_stats, calibrate
+from haq.quant.graph import OUTPUT_BITS, ResidualPlan, bind_skips, output_quantizers, plan_residuals
 from haq.quant.qlayer import pack_activation, quantize_bias, wrap_layers
 from haq.quant.quantizers import activation_params, quantize_weight, weight_integers
 from haq.quant.runner import DEFAULT_COMPILE_COST_S, CompileOption, ForwardRunner
@@ -55,6 +56,8 @@ class _Shared:
     """What evaluators of the same model and data share across schemes."""
 
     folded: nn.Module  #: BN-folded float model (unwrapped), eval mode
+    planned: nn.Module  #: ``folded`` with residual-add quantizers (off), see haq.quant.graph
+    plan: ResidualPlan
     stats: dict[int | None, list[ActivationStats]] = field(default_factory=dict)
     stats_source: dict[int | None, str] = field(default_factory=dict)  #: "disk" | "collected"
     #: the evaluator of each scheme, least recently used first (see ``remember``)
@@ -128,12 +131,16 @@ class Evaluator:
             folded, _ = fold_batchnorm(model, data.input_shape)
             for p in folded.parameters():
                 p.requires_grad_(False)
-            _shared = _Shared(folded)
+            planned, plan = plan_residuals(folded, [s.name for s in self.layers])
+            _shared = _Shared(folded, planned, plan)
         self._shared = _shared
         if _shared.recall(self.scheme) is None:
             _shared.remember(self)
-        self.qmodel = copy.deepcopy(_shared.folded).eval()
+        self.qmodel = copy.deepcopy(_shared.planned).eval()
         self.qlayers = wrap_layers(self.qmodel, [s.name for s in self.layers])
+        bind_skips(self.qmodel, self.qlayers)
+        self._out_q = output_quantizers(self.qmodel)
+        self._out_on: dict[int, bool] = dict.fromkeys(self._out_q, False)
         self._float_w = [q.inner.weight.detach().clone() for q in self.qlayers]
         self._float_b = [q.bias.detach().clone() for q in self.qlayers]
         if channels_last == "auto":
@@ -243,6 +250,34 @@ class Evaluator:
         return calibrate(stats, self.scheme.calibration, int(bits), self.scheme.activation_mode)
 
     @property
+    def residual_plan(self) -> ResidualPlan:
+        """Which layer outputs and skip connections feed residual adds quantized (see
+        :mod:`haq.quant.graph`)."""
+        return self._shared.plan
+
+    def output_range(self, index: int) -> tuple[float, float]:
+        """Calibrated (lo, hi) output range of layer ``index`` (one with an output quantizer)
+        at :data:`~haq.quant.graph.OUTPUT_BITS`."""
+        k = len(self.layers) + self._shared.plan.outputs.index(index)
+        return calibrate(self._stats()[k], self.scheme.calibration, OUTPUT_BITS, self.scheme.activation_mode)
+
+    def output_params(self, index: int) -> tuple[float, float, float, float]:
+        """``(scale, zero, qmin, qmax)`` of layer ``index``'s output quantizer."""
+        key = (-1 - index, OUTPUT_BITS)
+        p = self._a_cache.get(key)
+        if p is None:
+            lo, hi = self.output_range(index)
+            params = activation_params(lo, hi, OUTPUT_BITS, self.scheme.activation_mode)
+            p = (params, pack_activation(params))
+            self._a_cache[key] = p
+        return p[0]
+
+    @staticmethod
+    def is_integer_layer(w_bits: int, a_bits: int) -> bool:
+        """Whether a layer at these bits runs as an integer kernel (weights and input 1-8 bits)."""
+        return int(w_bits) < HALF_BITS and int(a_bits) < HALF_BITS
+
+    @property
     def execution(self) -> str:
         return self._runner.path
 
@@ -283,6 +318,15 @@ class Evaluator:
                 self._current_a[i] = a
             if changed:
                 q.bias.copy_(self.bias(i, w, a))
+                out = self._out_q.get(i)
+                on = self.is_integer_layer(w, a)
+                if out is not None and on != self._out_on[i]:
+                    if on:
+                        self.output_params(i)
+                        out.set_activation(*self._a_cache[(-1 - i, OUTPUT_BITS)])
+                    else:
+                        out.set_activation(None)
+                    self._out_on[i] = on
 
     def _act_params(self, index: int, bits: int) -> tuple[tuple[float, float, float, float], torch.Tensor]:
         key = (index, bits)
@@ -299,7 +343,8 @@ class Evaluator:
         stats = self._shared.stats.get(n)
         if stats is None:
             images = self.data.calib.head(n).x
-            stats, source = cached_stats(self._shared.folded, [s.name for s in self.layers], images)
+            names = [s.name for s in self.layers] + [ResidualPlan.output_name(j) for j in self._shared.plan.outputs]
+            stats, source = cached_stats(self._shared.planned, names, images)
             self._shared.stats[n] = stats
             self._shared.stats_source[n] = source
         return stats
