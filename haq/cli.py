@@ -323,6 +323,44 @@ def export(
               f"({', '.join(summary['containers']) or 'none'}); float layers: {len(summary['float_layers'])}")
 
 
+@app.command()
+def verify(
+    source: Annotated[str, typer.Argument(help="a run directory (or a policy.json)")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="default: the run's (or the policy's) model")] = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    input_size: InputSizeOpt = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (default: torch's, as the cpu hardware model)")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="timed runs per model (the median is kept)")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Export a run's policy, run it in ONNX Runtime on this CPU: measured vs predicted latency, accuracy."""
+    from rich.table import Table
+
+    from haq.deploy import verify as run_verify
+
+    result = run_verify(source, model=model, weights=weights, data=data, input_size=input_size, threads=threads,
+                        repeats=repeats)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        return
+    t = Table(title=f"{result.model}: ONNX Runtime on this CPU ({result.threads} thread(s)), batch 1")
+    for col in ("model", "measured ms", "predicted ms (cpu)", "searched ms", "ORT acc (test)", "fake-quant acc"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for r in result.rows:
+        t.add_row(r.label, ms(r.measured_ms), ms(r.predicted_ms), ms(r.searched_ms), f"{100 * r.ort_accuracy:.2f}%",
+                  f"{100 * r.fake_quant_accuracy:.2f}%")
+    con = _console()
+    con.print(t)
+    fp32 = result.rows[-1].measured_ms
+    con.print(f"measured speed-up over fp32: policy {fp32 / result.rows[0].measured_ms:.2f}x, "
+              f"uniform int8 {fp32 / result.rows[1].measured_ms:.2f}x; {result.note}")
+
+
 # ----- profile / plot / list ------------------------------------------------------------------
 @app.command()
 def profile(

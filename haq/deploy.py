@@ -600,3 +600,62 @@ def check_end_to_end(model: nn.Module, input_shape: Sequence[int], batch: int = 
         model_fp32_ms=(before[0] + after[0]) / 2, model_int8_ms=(before[1] + after[1]) / 2,
         profile_s=profile_s, n_layers=n,
     )
+
+
+# ----------------------------------------------------------------------------- haq verify
+@dataclass(frozen=True)
+class VerifyRow:
+    """One model of ``haq verify``: measured and predicted end-to-end latency, accuracy."""
+
+    label: str  #: "policy", "uniform int8" or "fp32"
+    measured_ms: float  #: ONNX Runtime, this machine
+    predicted_ms: float | None  #: the ``cpu`` hardware model of this machine (None: bits it has no kernel for)
+    searched_ms: float | None  #: what the search reported (the policy row, when it searched on cpu)
+    ort_accuracy: float  #: ONNX Runtime, test split
+    fake_quant_accuracy: float  #: the evaluator, test split
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    model: str
+    run_hardware: str | None
+    threads: int
+    rows: list[VerifyRow]
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "run_hardware": self.run_hardware, "threads": self.threads, "note": self.note,
+                "rows": [r.__dict__ for r in self.rows]}
+
+
+def verify(source: str | Path, model: str | None = None, weights: str | Path | None = None, data: str | None = None,
+           input_size: int | None = None, threads: int | None = None, repeats: int = 50) -> VerifyResult:
+    """Export the policy of a run (or policy.json), uniform int8 and fp32 of the same model;
+    measure each end to end in ONNX Runtime on this CPU; put them beside the latency the
+    ``cpu`` hardware model predicts (and the search reported, when it searched on ``cpu``)
+    and the ONNX Runtime accuracy on the test split."""
+    from haq.costs import CostModel
+    from haq.simulators.measured import CpuProfileHardware
+
+    pol_path, cfg = resolve_policy_source(source)
+    stored = Policy.load(pol_path)
+    name, loaded, splits, layers = _load(model, weights, data, input_size, cfg, stored.model)
+    policy = parse_policy(str(pol_path), layers, model=name)
+    evaluator = Evaluator(loaded.module, splits, policy.quant, layers, compile=False)
+    hw = CpuProfileHardware(threads=threads)
+    costs = CostModel(layers, hw.cost_table(layers, 1))
+    run_hw = cfg.get("hardware") or policy.hardware
+    rows = []
+    for label, pol in (("policy", policy), ("uniform int8", Policy.uniform(layers, 8, quant=policy.quant)),
+                       ("fp32", Policy.uniform(layers, FLOAT_BITS, quant=policy.quant))):
+        proto, _, _ = build_qdq_model(evaluator, pol)
+        agree = agreement(evaluator, pol, proto, "test")
+        measured = latency_ms(proto, splits.input_shape, 1, hw.threads, repeats)
+        lat = costs.cost(pol.w_bits, pol.a_bits).latency_ms
+        pred = float("nan") if lat is None else float(lat)
+        searched = policy.metrics.get("latency_ms") if label == "policy" and run_hw == "cpu" else None
+        rows.append(VerifyRow(label, measured, pred if np.isfinite(pred) else None,
+                              None if searched is None else float(searched), agree.ort_accuracy, agree.fake_quant_accuracy))
+    note = ("the run searched on this CPU's cpu model" if run_hw == "cpu" else
+            f"the run's hardware is {run_hw or 'not recorded'}, not this CPU: predicted = this CPU's cpu model")
+    return VerifyResult(name, run_hw, hw.threads, rows, note)
