@@ -78,7 +78,7 @@ def main() -> None:
             err = pred / measured[key] - 1
             if key == "searched":
                 worst = max(worst, abs(err))
-            mixed = f"{int((pol.w_bits == 8).sum())}/{n} int8" if key == "searched" else key
+            mixed = f"{int(((pol.w_bits == 8) & (pol.a_bits == 8)).sum())}/{n} int8" if key == "searched" else key
             print(f"{label:<26} {mixed:<10} {pred:>9.3f} {measured[key]:>9.3f} {err:>+7.1%} "
                   f"{measured['fp32'] / measured[key]:>8.2f}x", flush=True)
     print(f"worst |error| of the searched policies {worst:.1%} (target <= {TARGET:.0%}); "

@@ -218,6 +218,7 @@ def build_qdq_model(
     layer_input: dict[int, str] = {}
     layer_input_q: dict[int, str] = {}
     plan = evaluator.residual_plan
+    out_on = set(plan.quantized_outputs(policy.w_bits.tolist(), policy.a_bits.tolist()))
     quantized: list[QuantizedTensor] = []
     float_layers: list[str] = []
     shared: dict[tuple, str] = {}  # (tensor, bits, params) -> dequantized tensor name
@@ -310,7 +311,7 @@ def build_qdq_model(
             node.input[2] = f"{bname}_dq"
             quantized.append(QuantizedTensor(bname, "bias", spec.name, 32, "int32"))
         # --- output feeding a residual add (haq.quant.graph): 8 bits while the layer is integer
-        if i in plan.outputs and evaluator.is_integer_layer(wb, ab):
+        if i in out_on:
             y = node.output[0]
             nodes_, y_dq, cname, clip = _qdq_nodes(graph, f"{y}_out", y, OUTPUT_BITS, evaluator.output_params(i),
                                                    f"{spec.name}/output")

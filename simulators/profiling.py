@@ -269,17 +269,18 @@ def _overhead_model() -> bytes:
     return model.SerializeToString()
 
 
-def run_overhead_ns(threads: int, repeats: int = 200) -> float:
-    """Median time of one ``InferenceSession.run`` of a one-element Identity model, ns."""
+def run_overhead_ns(threads: int, repeats: int = 300) -> float:
+    """Median time of one ``InferenceSession.run(None, feed)`` of a one-element Identity
+    model, ns: what any model's run costs besides its nodes."""
     sess = ort_session(_overhead_model(), threads)
     x = np.zeros(1, np.float32)
     clock = clock_for(threads)
     times = []
-    for _ in range(repeats + 10):
+    for _ in range(repeats + 20):
         t0 = clock()
         sess.run(None, {"x": x})
         times.append(clock() - t0)
-    return float(statistics.median(times[10:]))
+    return float(statistics.median(times[20:]))
 
 
 def profile_cpu(

@@ -318,15 +318,16 @@ class Evaluator:
                 self._current_a[i] = a
             if changed:
                 q.bias.copy_(self.bias(i, w, a))
-                out = self._out_q.get(i)
-                on = self.is_integer_layer(w, a)
-                if out is not None and on != self._out_on[i]:
-                    if on:
-                        self.output_params(i)
-                        out.set_activation(*self._a_cache[(-1 - i, OUTPUT_BITS)])
-                    else:
-                        out.set_activation(None)
-                    self._out_on[i] = on
+        on_now = set(self._shared.plan.quantized_outputs(self._current_w, self._current_a))
+        for j, out in self._out_q.items():
+            on = j in on_now
+            if on != self._out_on[j]:
+                if on:
+                    self.output_params(j)
+                    out.set_activation(*self._a_cache[(-1 - j, OUTPUT_BITS)])
+                else:
+                    out.set_activation(None)
+                self._out_on[j] = on
 
     def _act_params(self, index: int, bits: int) -> tuple[tuple[float, float, float, float], torch.Tensor]:
         key = (index, bits)

@@ -32,6 +32,8 @@ from torch import fx, nn
 from haq.quant.qlayer import FLOAT_MODE, ActivationQuantizer, QuantLayer
 
 _ADDS = (operator.add, operator.iadd, torch.add)
+_ACTIVATIONS = (nn.Identity, nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_ACTIVATION_FNS = (torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardtanh)
 OUTPUT_BITS = 8  #: bits of a layer output that feeds a residual add (the int8 kernel's output)
 
 
@@ -63,11 +65,28 @@ class SkipQuant(nn.Module):
 
 @dataclass
 class ResidualPlan:
-    """Where residual adds are quantized: layer indices, in execution order."""
+    """Where outputs and residual adds are quantized: layer indices, in execution order."""
 
     outputs: list[int] = field(default_factory=list)  #: layers with an output quantizer
     skips: list[int] = field(default_factory=list)  #: layers whose quantized input feeds an add
     traced: bool = True
+    #: per output-quantized layer: whether something other than layers reads it (an add, a
+    #: pool), and the layers that read it (through ReLU/ReLU6/Identity)
+    always: dict[int, bool] = field(default_factory=dict)
+    consumers: dict[int, list[int]] = field(default_factory=dict)
+
+    def quantized_outputs(self, w_bits: Sequence[int], a_bits: Sequence[int]) -> list[int]:
+        """Layers whose output is quantized under a policy: an integer layer (weights and
+        input 1-8 bits) whose output something other than a layer reads, or a layer that
+        reads it in float (16/32 bits). (A layer output read only by integer layers is
+        quantized by their input quantizers, the ReLU between absorbed.)"""
+        out = []
+        for j in self.outputs:
+            if int(w_bits[j]) < 16 and int(a_bits[j]) < 16 and (
+                self.always[j] or any(int(a_bits[k]) >= 16 for k in self.consumers[j])
+            ):
+                out.append(j)
+        return out
 
     @staticmethod
     def output_name(index: int) -> str:
@@ -103,7 +122,30 @@ def plan_residuals(model: nn.Module, layer_names: Sequence[str]) -> tuple[nn.Mod
             node = node.args[0]
         return node
 
+    def transparent(node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(gm.get_submodule(str(node.target)), _ACTIVATIONS)
+        return node.op == "call_function" and node.target in _ACTIVATION_FNS
+
     outputs: dict[int, fx.Node] = {}
+    always: dict[int, bool] = {}
+    consumers: dict[int, list[int]] = {}
+    for src, j in layer_of.items():  # who reads each layer's output, through activations
+        readers: list[int] = []
+        other = False
+        todo = list(src.users)
+        while todo:
+            u = todo.pop()
+            if u in layer_of:
+                readers.append(layer_of[u])
+            elif transparent(u):
+                todo.extend(u.users)
+            elif u.op != "output":
+                other = True
+        if other or readers:
+            outputs[j] = src
+            always[j] = other
+            consumers[j] = sorted(set(readers))
     skips: list[tuple[fx.Node, int, int]] = []  # (add node, arg position, layer)
     for node in list(gm.graph.nodes):
         is_add = (node.op == "call_function" and node.target in _ADDS) or (
@@ -116,7 +158,6 @@ def plan_residuals(model: nn.Module, layer_names: Sequence[str]) -> tuple[nn.Mod
                 continue
             src = resolve(arg)
             if src in layer_of:
-                outputs.setdefault(layer_of[src], src)
                 continue
             readers = sorted(layer_of[u] for u in src.users if u in layer_of)
             if readers:
@@ -139,7 +180,9 @@ def plan_residuals(model: nn.Module, layer_names: Sequence[str]) -> tuple[nn.Mod
         add.args = tuple(args)
     gm.graph.lint()
     gm.recompile()
-    return gm, ResidualPlan(sorted(outputs), [layer for _, _, layer in skips])
+    order = sorted(outputs)
+    return gm, ResidualPlan(order, [layer for _, _, layer in skips], True, {j: always[j] for j in order},
+                            {j: consumers[j] for j in order})
 
 
 def output_quantizers(model: nn.Module) -> dict[int, OutputQuant]:
