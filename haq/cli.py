@@ -319,8 +319,9 @@ def export(
         return
     con = _console()
     con.print(f"wrote {summary['path']}  ({summary['bytes'] / 1024:.1f} KiB, ONNX opset {summary['opset']}, model {summary['model']})")
-    con.print(f"quantized: {summary['quantized_weights']} weights, {summary['quantized_activations']} activations "
-              f"({', '.join(summary['containers']) or 'none'}); float layers: {len(summary['float_layers'])}")
+    con.print(f"quantized: {summary['quantized_weights']} weights, {summary['quantized_activations']} layer inputs, "
+              f"{summary['quantized_outputs']} layer outputs ({', '.join(summary['containers']) or 'none'}); "
+              f"float layers: {len(summary['float_layers'])}")
 
 
 @app.command()

@@ -105,6 +105,7 @@ class ExportResult:
         return {
             "path": str(self.path), "model": self.model, "opset": self.opset, "bytes": self.bytes,
             "quantized_weights": len(wts), "quantized_activations": len(acts),
+            "quantized_outputs": len([q for q in self.quantized if q.role == "output"]),
             "containers": sorted({q.container for q in self.quantized}),
             "float_layers": list(self.float_layers),
         }
