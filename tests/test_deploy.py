@@ -199,3 +199,24 @@ def test_an_unwritable_out_is_one_line_and_writes_nothing(tmp_path):
     r = run_cli("export", "uniform:8", "--model", "digits-mobilenet", "--out", str(tmp_path))
     assert r.returncode == 2 and "directory" in r.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_verify_puts_measured_latency_beside_the_cpu_prediction(tmp_path, workspaces):
+    _, layers = workspaces["digits-mobilenet"]
+    run = tmp_path / "run"
+    run.mkdir()
+    w = [8] * len(layers)
+    w[3] = w[4] = 32
+    Policy.from_bits(layers, w, w, model="digits-mobilenet", hardware="cpu",
+                     metrics={"latency_ms": 0.03}).save(run / "policy.json")
+    (run / "config.json").write_text(json.dumps({"model": "digits-mobilenet", "hardware": "cpu"}))
+    r = run_cli("verify", str(run), "--threads", "1", "--repeats", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [row["label"] for row in out["rows"]] == ["policy", "uniform int8", "fp32"]
+    for row in out["rows"]:
+        assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
+        assert row["ort_accuracy"] == row["fake_quant_accuracy"]
+    assert out["rows"][0]["searched_ms"] == 0.03 and out["threads"] == 1
+    other = run_cli("verify", str(tmp_path), "--threads", "1")
+    assert other.returncode == 2 and "no policy.json" in other.stderr

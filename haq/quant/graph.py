@@ -1,23 +1,26 @@
-"""The tensors an integer runtime quantizes besides the layer inputs: residual adds.
+"""The tensors an integer runtime quantizes besides the layer inputs: layer outputs read in
+float, and residual adds.
 
 haq quantizes each Conv/Linear's input (:class:`~haq.quant.qlayer.QuantLayer`). An integer
 runtime (ONNX Runtime running the QDQ model :mod:`haq.deploy` exports) runs a layer as an
-integer kernel only when its output is quantized too, and a residual add as an integer add
-only when both operands are. A layer output read by the next quantized layer is quantized
-by that layer's input quantizer (a ReLU/ReLU6 between them is absorbed by it: clamping at 0
-and 6 is what a [0, hi <= 6] grid does anyway). What is left are the **residual adds**:
+integer kernel (QLinearConv) only when its output is quantized too, and a residual add as
+an integer add (QLinearAdd) only when both operands are. A layer output read only by
+integer layers is quantized by their input quantizers (a ReLU/ReLU6 between them is
+absorbed: clamping at 0 and 6 is what a [0, hi <= 6] grid does anyway). What is left:
 
-* an operand that is a layer's output (ResNet's conv2 and downsample, MobileNetV2's
-  projection conv; BatchNorm folded, so the add reads the conv) gets an **output quantizer**
-  on that layer: 8 bits (the integer kernel's output container), range calibrated on the
-  layer's output; on while the layer is an integer layer (weights and input 1-8 bits);
-* an operand that is a tensor some quantized layer also reads (the skip connection: the
+* the output of an integer layer (weights and input 1-8 bits) that something other than an
+  integer layer reads - a residual add (ResNet's conv2 and downsample, MobileNetV2's
+  projection; BatchNorm folded, so the add reads the conv), a pool, a layer kept in
+  float - gets an **output quantizer** (:class:`OutputQuant`, right after the layer): 8
+  bits (the integer kernel's output container), range calibrated on the layer's output;
+  which ones are on depends on the policy (:meth:`ResidualPlan.quantized_outputs`);
+* an add operand that is a tensor some quantized layer also reads (the skip connection: the
   block input that the block's first conv reads) is replaced by that layer's quantized
   input (:class:`SkipQuant`), as the exported graph feeds the add the same DequantizeLinear.
 
-The classifier's logits stay float (ONNX Runtime's QGemm writes float). :func:`plan_residuals`
-finds both with ``torch.fx``; a model fx cannot trace keeps the old placement (layer inputs
-only) and the export then leaves those adds float.
+The logits stay float (ONNX Runtime's QGemm writes float). :func:`plan_residuals` finds all
+of this with ``torch.fx``; a model fx cannot trace keeps the layer-input placement only
+(its export is then checked against the evaluator all the same: the agreement tests).
 """
 
 from __future__ import annotations
