@@ -22,8 +22,9 @@ import time
 import torch
 import torchvision
 
+from haq.deploy import check_end_to_end
 from haq.digits_models import DigitsMobileNet, DigitsResNet
-from haq.simulators.measured import check_end_to_end, cpu_model_name
+from haq.simulators.measured import cpu_model_name
 
 TARGET = 0.25  #: design §6: the per-layer sum predicts the whole model within 25%
 

@@ -23,6 +23,7 @@ from haq.budget import Budget
 from haq.compare import compare
 from haq.config import SearchConfig
 from haq.costs import Cost
+from haq.deploy import export
 from haq.errors import HaqError
 from haq.history import read_history
 from haq.layers import LayerSpec, describe
@@ -51,6 +52,7 @@ __all__ = [
     "Workspace",
     "compare",
     "describe",
+    "export",
     "make_problem",
     "parse_policy",
     "prepare",

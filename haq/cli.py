@@ -309,6 +309,73 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
     _console().print(result_table(result))
 
 
+# ----- export / verify --------------------------------------------------------------------------
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="a run directory, a policy.json, or uniform:8 / uniform:w4a8")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the ONNX file to write")] = Path("model.onnx"),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="default: the run's (or the policy's) model")] = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    input_size: InputSizeOpt = None,
+    format: Annotated[str, typer.Option("--format", help="onnx (QDQ, opset 21)")] = "onnx",
+    int8_containers: Annotated[bool, typer.Option("--int8-containers", help="4-bit weights in int8, not int4 (ONNX Runtime can then fuse them into QLinearConv)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Export a policy as an ONNX QDQ model that ONNX Runtime runs as haq measured it."""
+    from haq.deploy import export as run_export
+
+    result = run_export(source, out, model=model, weights=weights, data=data, input_size=input_size,
+                        format=format, int4_weights=not int8_containers)
+    summary = result.summary()
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    con = _console()
+    con.print(f"wrote {summary['path']}  ({summary['bytes'] / 1024:.1f} KiB, ONNX opset {summary['opset']}, model {summary['model']})")
+    con.print(f"quantized: {summary['quantized_weights']} weights, {summary['quantized_activations']} layer inputs, "
+              f"{summary['quantized_outputs']} layer outputs ({', '.join(summary['containers']) or 'none'}); "
+              f"float layers: {len(summary['float_layers'])}")
+
+
+@app.command()
+def verify(
+    source: Annotated[str, typer.Argument(help="a run directory (or a policy.json)")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="default: the run's (or the policy's) model")] = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    input_size: InputSizeOpt = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (default: torch's, as the cpu hardware model)")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="timed runs per model (the median is kept)")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Export a run's policy, run it in ONNX Runtime on this CPU: measured vs predicted latency, accuracy."""
+    from rich.table import Table
+
+    from haq.deploy import verify as run_verify
+
+    result = run_verify(source, model=model, weights=weights, data=data, input_size=input_size, threads=threads,
+                        repeats=repeats)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        return
+    t = Table(title=f"{result.model}: ONNX Runtime on this CPU ({result.threads} thread(s)), batch 1")
+    for col in ("model", "measured ms", "predicted ms (cpu)", "searched ms", "ORT acc (test)", "fake-quant acc"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for r in result.rows:
+        t.add_row(r.label, ms(r.measured_ms), ms(r.predicted_ms), ms(r.searched_ms), f"{100 * r.ort_accuracy:.2f}%",
+                  f"{100 * r.fake_quant_accuracy:.2f}%")
+    con = _console()
+    con.print(t)
+    fp32 = result.rows[-1].measured_ms
+    con.print(f"measured speed-up over fp32: policy {fp32 / result.rows[0].measured_ms:.2f}x, "
+              f"uniform int8 {fp32 / result.rows[1].measured_ms:.2f}x; {result.note}")
+
+
 # ----- profile / plot / list ------------------------------------------------------------------
 @app.command()
 def profile(

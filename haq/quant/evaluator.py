@@ -39,8 +39,9 @@ from haq.errors import ConfigError
 from haq.fold import fold_batchnorm
 from haq.layers import LayerSpec, describe
 from haq.quant.calibration import ActivationStats, cached_stats, calibrate
-from haq.quant.qlayer import pack_activation, wrap_layers
-from haq.quant.quantizers import activation_params, quantize_weight
+from haq.quant.graph import OUTPUT_BITS, ResidualPlan, bind_skips, output_quantizers, plan_residuals
+from haq.quant.qlayer import pack_activation, quantize_bias, wrap_layers
+from haq.quant.quantizers import activation_params, quantize_weight, weight_integers
 from haq.quant.runner import DEFAULT_COMPILE_COST_S, CompileOption, ForwardRunner
 from haq.scheme import QuantScheme
 
@@ -55,6 +56,8 @@ class _Shared:
     """What evaluators of the same model and data share across schemes."""
 
     folded: nn.Module  #: BN-folded float model (unwrapped), eval mode
+    planned: nn.Module  #: ``folded`` with residual-add quantizers (off), see haq.quant.graph
+    plan: ResidualPlan
     stats: dict[int | None, list[ActivationStats]] = field(default_factory=dict)
     stats_source: dict[int | None, str] = field(default_factory=dict)  #: "disk" | "collected"
     #: the evaluator of each scheme, least recently used first (see ``remember``)
@@ -130,18 +133,24 @@ class Evaluator:
             folded, _ = fold_batchnorm(model, data.input_shape)
             for p in folded.parameters():
                 p.requires_grad_(False)
-            _shared = _Shared(folded)
+            planned, plan = plan_residuals(folded, [s.name for s in self.layers])
+            _shared = _Shared(folded, planned, plan)
         self._shared = _shared
         if _shared.recall(self.scheme) is None:
             _shared.remember(self)
-        self.qmodel = copy.deepcopy(_shared.folded).eval()
+        self.qmodel = copy.deepcopy(_shared.planned).eval()
         self.qlayers = wrap_layers(self.qmodel, [s.name for s in self.layers])
+        bind_skips(self.qmodel, self.qlayers)
+        self._out_q = output_quantizers(self.qmodel)
+        self._out_on: dict[int, bool] = dict.fromkeys(self._out_q, False)
         self._float_w = [q.inner.weight.detach().clone() for q in self.qlayers]
+        self._float_b = [q.bias.detach().clone() for q in self.qlayers]
         if channels_last == "auto":
             channels_last = any(s.kind == "depthwise" for s in self.layers)
         self._runner = ForwardRunner(self.qmodel, compile, compile_cost_s, channels_last=bool(channels_last))
         self._w_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._a_cache: dict[tuple[int, int], tuple[tuple[float, float, float, float], torch.Tensor]] = {}
+        self._b_cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._current_w = [FLOAT_BITS] * len(self.layers)
         self._current_a = [FLOAT_BITS] * len(self.layers)
 
@@ -236,6 +245,29 @@ class Evaluator:
             self._w_cache[key] = w
         return w
 
+    def weight_scale(self, index: int, bits: int) -> torch.Tensor:
+        """Per-output-channel (or one) scale of layer ``index``'s ``bits``-bit weights (1-8)."""
+        return weight_integers(
+            self._float_w[index], int(bits), self.scheme.weight_mode,
+            per_channel=self.scheme.weight_granularity == "per-channel",
+        )[1]
+
+    def bias(self, index: int, w_bits: int, a_bits: int) -> torch.Tensor:
+        """The bias layer ``index`` adds at ``(w_bits, a_bits)``: with integer weights and
+        input (1-8 bits both) rounded to the int32 grid of ``input_scale * weight_scale``,
+        as an integer runtime adds it (:func:`~haq.quant.qlayer.quantize_bias`); else float."""
+        w_bits, a_bits = int(w_bits), int(a_bits)
+        if w_bits >= HALF_BITS or a_bits >= HALF_BITS or not self.qlayers[index].has_bias:
+            return self._float_b[index]
+        key = (index, w_bits, a_bits)
+        b = self._b_cache.get(key)
+        if b is None:
+            (scale, _, _, _), _ = self._act_params(index, a_bits)
+            b = quantize_bias(self._float_b[index], float(torch.tensor(scale, dtype=torch.float32)),
+                              self.weight_scale(index, w_bits))[0]
+            self._b_cache[key] = b
+        return b
+
     def float_weight(self, index: int) -> torch.Tensor:
         """The BN-folded float weight of layer ``index``."""
         return self._float_w[index]
@@ -248,6 +280,34 @@ class Evaluator:
         """Calibrated (lo, hi) input range of layer ``index`` at ``bits`` under the scheme."""
         stats = self._stats()[index]
         return calibrate(stats, self.scheme.calibration, int(bits), self.scheme.activation_mode)
+
+    @property
+    def residual_plan(self) -> ResidualPlan:
+        """Which layer outputs and skip connections feed residual adds quantized (see
+        :mod:`haq.quant.graph`)."""
+        return self._shared.plan
+
+    def output_range(self, index: int) -> tuple[float, float]:
+        """Calibrated (lo, hi) output range of layer ``index`` (one with an output quantizer)
+        at :data:`~haq.quant.graph.OUTPUT_BITS`."""
+        k = len(self.layers) + self._shared.plan.outputs.index(index)
+        return calibrate(self._stats()[k], self.scheme.calibration, OUTPUT_BITS, self.scheme.activation_mode)
+
+    def output_params(self, index: int) -> tuple[float, float, float, float]:
+        """``(scale, zero, qmin, qmax)`` of layer ``index``'s output quantizer."""
+        key = (-1 - index, OUTPUT_BITS)
+        p = self._a_cache.get(key)
+        if p is None:
+            lo, hi = self.output_range(index)
+            params = activation_params(lo, hi, OUTPUT_BITS, self.scheme.activation_mode)
+            p = (params, pack_activation(params))
+            self._a_cache[key] = p
+        return p[0]
+
+    @staticmethod
+    def is_integer_layer(w_bits: int, a_bits: int) -> bool:
+        """Whether a layer at these bits runs as an integer kernel (weights and input 1-8 bits)."""
+        return int(w_bits) < HALF_BITS and int(a_bits) < HALF_BITS
 
     @property
     def execution(self) -> str:
@@ -276,6 +336,7 @@ class Evaluator:
             raise ConfigError(f"policy has {len(w_bits)} layers, the model {len(self.layers)}")
         for i, (w, a) in enumerate(zip(w_bits.tolist(), a_bits.tolist(), strict=True)):
             q = self.qlayers[i]
+            changed = w != self._current_w[i] or a != self._current_a[i]
             if w != self._current_w[i]:
                 q.weight.copy_(self.quantized_weight(i, check_bits(w)))
                 self._current_w[i] = w
@@ -287,6 +348,18 @@ class Evaluator:
                 else:
                     q.set_activation(*self._act_params(i, a))
                 self._current_a[i] = a
+            if changed:
+                q.bias.copy_(self.bias(i, w, a))
+        on_now = set(self._shared.plan.quantized_outputs(self._current_w, self._current_a))
+        for j, out in self._out_q.items():
+            on = j in on_now
+            if on != self._out_on[j]:
+                if on:
+                    self.output_params(j)
+                    out.set_activation(*self._a_cache[(-1 - j, OUTPUT_BITS)])
+                else:
+                    out.set_activation(None)
+                self._out_on[j] = on
 
     def _act_params(self, index: int, bits: int) -> tuple[tuple[float, float, float, float], torch.Tensor]:
         key = (index, bits)
@@ -303,7 +376,8 @@ class Evaluator:
         stats = self._shared.stats.get(n)
         if stats is None:
             images = self.data.calib.head(n).x
-            stats, source = cached_stats(self._shared.folded, [s.name for s in self.layers], images)
+            names = [s.name for s in self.layers] + [ResidualPlan.output_name(j) for j in self._shared.plan.outputs]
+            stats, source = cached_stats(self._shared.planned, names, images)
             self._shared.stats[n] = stats
             self._shared.stats_source[n] = source
         return stats

@@ -6,6 +6,10 @@ A :class:`QuantLayer` keeps every per-policy value in a place where changing it 
 * ``weight`` - a buffer of the wrapped layer's shape, overwritten in place (``copy_``) with
   the cached fake-quantized weight of the current bitwidth. (Re-binding the buffer to
   another tensor would trip a guard and recompile; an in-place copy does not.)
+* ``bias`` - a buffer of the bias (zeros when the layer has none), overwritten in place with
+  the bias an integer runtime adds when weight and input are both integers: rounded to the
+  int32 grid of ``input_scale * weight_scale`` per output channel (:func:`quantize_bias`;
+  ONNX Runtime's QDQ kernels do exactly this), the float bias otherwise.
 * ``a_params`` - a ``(5,)`` float32 buffer ``[1/scale, scale, qmin - zero, qmax - zero, mode]``
   read by the compiled graph, so a new bitwidth changes tensor values only. ``mode`` is 0
   (float: the input is left alone, 32 bits), 1 (integer fake quant, 1-8 bits) or 2 (rounded
@@ -35,17 +39,14 @@ INV_SCALE, SCALE, LO, HI, MODE = range(5)
 FLOAT_MODE, INT_MODE, HALF_MODE = 0.0, 1.0, 2.0
 
 
-class QuantLayer(nn.Module):
-    """A Conv2d or Linear whose input is fake-quantized (per tensor) and whose weight is
-    swappable. Starts in float: input not quantized, weight = the wrapped layer's weight."""
+class ActivationQuantizer(nn.Module):
+    """Per-tensor fake quantization of a tensor with swappable parameters (see the module
+    docstring); starts off (float). :class:`QuantLayer` applies it to its input."""
 
-    weight: torch.Tensor  #: (C_out, C_in/groups, kh, kw) or (out, in)
     a_params: torch.Tensor  #: (5,) see module docstring
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.inner = layer
-        self.register_buffer("weight", layer.weight.detach().clone())
         self.register_buffer("a_params", torch.tensor([1.0, 1.0, 0.0, 255.0, 0.0]))
         # eager path: the same values as Python values (no tensor ops to read them)
         self.a_mode: str | None = None  # None (float), "int" or "half"
@@ -54,8 +55,8 @@ class QuantLayer(nn.Module):
     def set_activation(
         self, params: tuple[float, float, float, float] | Literal["half"] | None, packed: torch.Tensor | None = None
     ) -> None:
-        """Quantize the input with ``(scale, zero, qmin, qmax)``, round it to float16
-        (``"half"``), or leave it in float (None).
+        """Quantize with ``(scale, zero, qmin, qmax)``, round to float16 (``"half"``), or
+        leave the tensor in float (None).
 
         ``packed`` is :func:`pack_activation` of ``params`` when the caller has it cached.
         """
@@ -68,21 +69,56 @@ class QuantLayer(nn.Module):
         self.a_mode = "int"
         self.a_params.copy_(packed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` fake-quantized with the current parameters (``x`` itself when off)."""
         if torch.compiler.is_compiling():
             # traced once: every policy-dependent value is a tensor, so no guard on bits
             p = self.a_params
             q = torch.clamp(torch.round(x * p[INV_SCALE]), p[LO], p[HI]) * p[SCALE]
             h = x.to(torch.float16).to(x.dtype)
-            x = torch.where(p[MODE] == INT_MODE, q, torch.where(p[MODE] == HALF_MODE, h, x))
-        elif self.a_mode == "int":
-            x = torch.mul(x, self.a_inv_scale).round_().clamp_(self.a_lo, self.a_hi).mul_(self.a_scale)
-        elif self.a_mode == "half":
-            x = x.to(torch.float16).to(x.dtype)
+            return torch.where(p[MODE] == INT_MODE, q, torch.where(p[MODE] == HALF_MODE, h, x))
+        if self.a_mode == "int":
+            return torch.mul(x, self.a_inv_scale).round_().clamp_(self.a_lo, self.a_hi).mul_(self.a_scale)
+        if self.a_mode == "half":
+            return x.to(torch.float16).to(x.dtype)
+        return x
+
+
+class QuantLayer(ActivationQuantizer):
+    """A Conv2d or Linear whose input is fake-quantized (per tensor) and whose weight is
+    swappable. Starts in float: input not quantized, weight = the wrapped layer's weight."""
+
+    weight: torch.Tensor  #: (C_out, C_in/groups, kh, kw) or (out, in)
+    bias: torch.Tensor  #: (C_out,)
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear) -> None:
+        super().__init__()
+        self.inner = layer
+        self.register_buffer("weight", layer.weight.detach().clone())
+        self.has_bias = layer.bias is not None
+        self.register_buffer(
+            "bias", layer.bias.detach().clone() if layer.bias is not None else torch.zeros(layer.weight.shape[0])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantize(x)
         inner = self.inner
+        bias = self.bias if self.has_bias else None
         if isinstance(inner, nn.Conv2d):
-            return inner._conv_forward(x, self.weight, inner.bias)
-        return F.linear(x, self.weight, inner.bias)
+            return inner._conv_forward(x, self.weight, bias)
+        return F.linear(x, self.weight, bias)
+
+
+INT32_MAX = 2**31 - 1
+
+
+def quantize_bias(bias: torch.Tensor, input_scale: float, weight_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(b_q, q)``: the bias on the int32 grid of ``input_scale * weight_scale`` (float32,
+    per output channel or one), as integer runtimes add it to the int32 accumulator
+    (``b_q = q * scale``; ``q`` int32-saturated, float32)."""
+    scale = (torch.tensor(input_scale, dtype=torch.float32) * weight_scale.to(torch.float32)).expand_as(bias)
+    q = torch.clamp(torch.round(bias / scale), -INT32_MAX, INT32_MAX)
+    return q * scale, q
 
 
 def pack_activation(params: tuple[float, float, float, float]) -> torch.Tensor:

@@ -31,10 +31,27 @@ def quantize_weight(w: torch.Tensor, bits: int, mode: str = "symmetric", per_cha
         return w.detach().clone()
     if bits == HALF_BITS:
         return w.detach().half().float()
+    q, scale, zero = weight_integers(w, bits, mode, per_channel)
+    flat = q.reshape(scale.shape[0], -1)
+    return ((flat - zero[:, None]) * scale[:, None]).reshape(w.shape)
+
+
+def weight_integers(
+    w: torch.Tensor, bits: int, mode: str = "symmetric", per_channel: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The integers behind :func:`quantize_weight` (1-8 bits): ``(q, scale, zero)``.
+
+    ``q`` has ``w``'s shape and holds integers (as float32); ``scale`` and ``zero`` have one
+    entry per output channel (or one, per tensor), and ``quantize_weight(w) == (q - zero) *
+    scale`` exactly - it is computed that way. Symmetric and power-of-two: ``zero = 0``,
+    ``q`` in ``[-(2^(b-1)-1), 2^(b-1)-1]``; asymmetric: ``q`` in ``[0, 2^b - 1]``; 1 bit:
+    ``q = +-1`` with ``scale = mean|W_c|``. (What an ONNX export stores, :mod:`haq.deploy`.)
+    """
     flat = _channel_view(w.detach(), per_channel)
     if bits == 1:
         alpha = flat.abs().mean(dim=1, keepdim=True)
-        return (torch.where(flat >= 0, alpha, -alpha)).reshape(w.shape)
+        q = torch.where(flat >= 0, 1.0, -1.0)
+        return q.reshape(w.shape), alpha.reshape(-1), torch.zeros(flat.shape[0])
     if mode == "asymmetric":
         lo = flat.min(dim=1, keepdim=True).values.clamp(max=0)
         hi = flat.max(dim=1, keepdim=True).values.clamp(min=0)
@@ -42,13 +59,13 @@ def quantize_weight(w: torch.Tensor, bits: int, mode: str = "symmetric", per_cha
         scale = ((hi - lo) / levels).clamp(min=1e-12)
         zero = torch.round(-lo / scale)
         q = torch.clamp(torch.round(flat / scale) + zero, 0, levels)
-        return ((q - zero) * scale).reshape(w.shape)
+        return q.reshape(w.shape), scale.reshape(-1), zero.reshape(-1)
     qmax = 2 ** (bits - 1) - 1
     scale = (flat.abs().amax(dim=1, keepdim=True) / qmax).clamp(min=1e-12)
     if mode == "power-of-two":
         scale = torch.pow(2.0, torch.ceil(torch.log2(scale)))
     q = torch.clamp(torch.round(flat / scale), -qmax, qmax)
-    return (q * scale).reshape(w.shape)
+    return q.reshape(w.shape), scale.reshape(-1), torch.zeros(flat.shape[0])
 
 
 def activation_params(lo: float, hi: float, bits: int, mode: str = "asymmetric") -> tuple[float, float, float, float]:
