@@ -20,6 +20,7 @@ from haq.budget import Budget, ResolvedBudget, check_reachable
 from haq.config import SearchConfig, default_budget
 from haq.costs import CostModel, CostTable
 from haq.data import DataSplits, load_data
+from haq.devices import resolve_device
 from haq.errors import ConfigError, DataError
 from haq.layers import LayerSpec, describe
 from haq.ledger import Ledger, Recorder
@@ -28,6 +29,7 @@ from haq.models import LoadedModel, load_model
 from haq.pool import EvaluationPool
 from haq.problem import SearchProblem, Trial
 from haq.quant.evaluator import Evaluator
+from haq.ray_pool import make_pool
 from haq.runs import RunDir
 from haq.simulators import HardwareModel, get_hardware
 
@@ -71,12 +73,16 @@ def load_model_and_data(
     return loaded, splits, describe(loaded.module, loaded.input_shape)
 
 
-def prepare(config: SearchConfig) -> Workspace:
-    """Load everything a search needs (the embedded models are shipped trained)."""
+def prepare(config: SearchConfig, device: str = "auto") -> Workspace:
+    """Load everything a search needs (the embedded models are shipped trained).
+
+    ``device`` is where evaluation, calibration and Hessian traces run (``auto``, ``cpu``,
+    ``cuda``, ``cuda:N``); it is not part of the config: results on the CPU never depend on it."""
+    dev = resolve_device(device)  # CUDA asked for and absent: one line before any loading
     hardware = get_hardware(config.hardware)
     loaded, data, layers = load_model_and_data(config.model, config.weights, config.data, config.input_size,
                                                config.unlabeled)
-    evaluator = Evaluator(loaded.module, data, config.scheme, layers)
+    evaluator = Evaluator(loaded.module, data, config.scheme, layers, device=dev)
     table = hardware.cost_table(layers, config.hardware_batch)
     return Workspace(loaded, data, layers, evaluator, hardware, table, CostModel(layers, table))
 
@@ -219,6 +225,10 @@ def search(
     resume: bool = False,
     workspace: Workspace | None = None,
     on_trial: Callable[[Trial], None] | None = None,
+    pool: EvaluationPool | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    device: str = "auto",
     **overrides: Any,
 ) -> SearchResult:
     """Run one search and return its :class:`~haq.methods.SearchResult`.
@@ -233,6 +243,11 @@ def search(
 
     With ``out``, a run directory is written (config.json, history.csv as it goes,
     policy.json, plots, ...); ``resume=True`` continues an interrupted one.
+
+    Where accuracies are measured - never what they are: ``workers=N`` measures on N Ray
+    actors (a local Ray is started for the call), ``ray_address`` on an existing Ray cluster,
+    ``pool`` on a pool the caller owns (e.g. one for several searches); ``device`` is
+    ``auto``/``cpu``/``cuda``/``cuda:N`` (see :mod:`haq.devices`).
     """
     cfg = config_from(config, **overrides)
     spec = get_method(cfg.method)
@@ -242,25 +257,31 @@ def search(
             f"the workspace holds {workspace.model.name} on {workspace.hardware.name}, the search asks for "
             f"{cfg.model} on {cfg.hardware}; pass model= and hardware= matching the workspace"
         )
-    if out is None:
-        ws = workspace or prepare(cfg)
-        problem = make_problem(cfg, ws, options)
-        return run_method(spec, problem, open_ledger(problem, ws, spec, on_trial=on_trial), options)
-    run = RunDir(out)
-    run.check_available(cfg.to_dict(), resume, ignore=("fidelity",))  # a busy or mismatched run dir fails now
-    ws = workspace or prepare(cfg)
+    run = RunDir(out) if out is not None else None
+    if run is not None:  # a busy or mismatched run dir fails now, before any work
+        run.check_available(cfg.to_dict(), resume, ignore=("fidelity",))
+    ws = workspace or prepare(cfg, device)
     problem = make_problem(cfg, ws, options)  # every input is known good before --out is touched
-    record = {**cfg.to_dict(), "fidelity": ws.data.fidelity_description()}
-    run.open(record, resume)
+    own_pool = make_pool(ws.evaluator, workers=workers, ray_address=ray_address,
+                         device=str(ws.evaluator.device)) if pool is None else None
+    pool = pool or own_pool
     try:
-        writer = run.history_writer()
-        ledger = open_ledger(problem, ws, spec, recorder=writer, on_trial=on_trial,
-                             replay=writer.replay() if resume else None, checkpoint_dir=run.checkpoint)
-        result = run_method(spec, problem, ledger, options)
-        run.write_result(result, record)
-        return result
+        if run is None:
+            return run_method(spec, problem, open_ledger(problem, ws, spec, on_trial=on_trial, pool=pool), options)
+        record = {**cfg.to_dict(), "fidelity": ws.data.fidelity_description()}
+        run.open(record, resume)
+        try:
+            writer = run.history_writer()
+            ledger = open_ledger(problem, ws, spec, recorder=writer, on_trial=on_trial, pool=pool,
+                                 replay=writer.replay() if resume else None, checkpoint_dir=run.checkpoint)
+            result = run_method(spec, problem, ledger, options)
+            run.write_result(result, record)
+            return result
+        finally:
+            run.release()
     finally:
-        run.release()
+        if own_pool is not None:
+            own_pool.close()
 
 
 def make_env(

@@ -37,6 +37,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")
 SelectOpt = Annotated[str, typer.Option("--select", help="how the returned policy is chosen: kl (default: the top candidates by validation accuracy re-ranked by KL to fp32 on every non-test image), agreement, or val (HAQ's: highest validation accuracy)")]
 TopKOpt = Annotated[int, typer.Option("--select-top-k", help="candidates the kl/agreement re-ranking looks at")]
 UnlabeledOpt = Annotated[Path | None, typer.Option("--unlabeled", help="folder of extra unlabeled images for the fidelity set (ImageFolder data)")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="measure on N Ray workers (starts a local Ray; pip install 'haq[ray]'); results do not depend on it")]
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="join an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="a .json or .toml config (e.g. a run's config.json); flags given override it")]
 
 
@@ -146,6 +149,9 @@ def search(
     select_top_k: TopKOpt = 8,
     unlabeled: UnlabeledOpt = None,
     quiet: QuietOpt = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Search per-layer bitwidths under a budget; writes a run directory."""
     from haq.api import search as run_search
@@ -176,7 +182,8 @@ def search(
 
     try:
         with SearchProgress(enabled=not quiet, console=_console(stderr=True)) as progress:
-            result = run_search(cfg, out=out, resume=resume, on_trial=progress.trial_callback(cfg))
+            result = run_search(cfg, out=out, resume=resume, on_trial=progress.trial_callback(cfg),
+                                workers=workers, ray_address=ray_address, device=device)
     except SearchInterrupted as exc:  # the method saved its checkpoint first
         print(f"haq: {exc}", file=sys.stderr)
         raise typer.Exit(128 + exc.signum) from None
@@ -218,6 +225,9 @@ def compare(
     select_top_k: TopKOpt = 8,
     unlabeled: UnlabeledOpt = None,
     quiet: QuietOpt = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Run several methods on the same problem and evaluation limit; write a comparison."""
     from haq.compare import compare as run_compare
@@ -242,7 +252,8 @@ def compare(
             m = result.best_policy.metrics
             err.print(f"  {method} seed {s}: test acc {100 * m['accuracy']:.2f}%  ({result.evaluations} evals, {result.wall_s:.1f} s)")
 
-    table = run_compare(cfg, names, seeds=seeds, out=out, on_progress=progress, resume=resume, force=force)
+    table = run_compare(cfg, names, seeds=seeds, out=out, on_progress=progress, resume=resume, force=force,
+                        workers=workers, ray_address=ray_address, device=device)
     _console().print(to_markdown(table))
     _console().print(f"written: {out}/comparison.csv, comparison.md, plots/pareto.png")
 

@@ -36,6 +36,8 @@ from haq.errors import ConfigError, RunDirError
 from haq.history import pareto_mask
 from haq.methods import SearchResult, get_method
 from haq.plots import References, Returned, plot_pareto
+from haq.pool import EvaluationPool
+from haq.ray_pool import make_pool
 from haq.runs import RunDir
 
 COLUMNS = [
@@ -55,11 +57,18 @@ def compare(
     on_progress: Callable[[str, int, SearchResult], None] | None = None,
     resume: bool = False,
     force: bool = False,
+    *,
+    pool: EvaluationPool | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    device: str = "auto",
 ) -> pd.DataFrame:
     """Run every method in ``methods`` for ``seeds`` seeds (config.seed, +1, ...) and return
     the comparison table (also written to ``out`` when given; see the module docstring).
 
-    ``config.options`` may hold one table of options per method (``{"rl": {...}}``)."""
+    ``config.options`` may hold one table of options per method (``{"rl": {...}}``).
+    ``workers``/``ray_address``/``pool``/``device`` say where accuracies are measured (one
+    pool serves every run; see :func:`haq.api.search`); the table never depends on them."""
     if not methods:
         raise ConfigError("--methods is empty; name at least one, e.g. rl,hawq,uniform")
     specs = [get_method(m) for m in methods]  # unknown names fail before any work
@@ -73,18 +82,21 @@ def compare(
     record = {**config.to_dict(), "compare": {"methods": [s.name for s in specs], "seeds": seeds}}
     if run is not None:
         _check_out(run, record, resume, force)
-    ws = workspace or prepare(config)
+    ws = workspace or prepare(config, device)
     for cfg in jobs:
         make_problem(cfg, ws)  # unreachable budgets and bad pins fail before --out is touched
     if run is not None:
         if force:
             _clear(run)
         run.open(record, resume and not force)
+    own_pool = make_pool(ws.evaluator, workers=workers, ray_address=ray_address,
+                         device=str(ws.evaluator.device)) if pool is None else None
+    pool = pool or own_pool
     try:
         results: dict[str, list[SearchResult]] = {}
         histories = []
         for cfg in jobs:
-            result = _run_one(cfg, ws, run, resume and not force)
+            result = _run_one(cfg, ws, run, resume and not force, pool)
             results.setdefault(cfg.method, []).append(result)
             h = result.history.copy()
             h.insert(1, "seed", cfg.seed)
@@ -100,6 +112,8 @@ def compare(
             _write(run.path, table, history, key, results)
         return table
     finally:
+        if own_pool is not None:
+            own_pool.close()
         if run is not None:
             run.release()
 
@@ -126,13 +140,14 @@ def _clear(run: RunDir) -> None:
             p.unlink()
 
 
-def _run_one(cfg: SearchConfig, ws: Workspace, run: RunDir | None, resume: bool) -> SearchResult:
+def _run_one(cfg: SearchConfig, ws: Workspace, run: RunDir | None, resume: bool,
+             pool: EvaluationPool | None) -> SearchResult:
     if run is None:
-        return search(cfg, workspace=ws)
+        return search(cfg, workspace=ws, pool=pool)
     sub = RunDir(run.path / "runs" / f"{cfg.method}-seed{cfg.seed}")
     if resume and sub.finished:
         return sub.load_result()
-    return search(cfg, out=sub.path, resume=resume and (sub.path / "config.json").is_file(), workspace=ws)
+    return search(cfg, out=sub.path, resume=resume and (sub.path / "config.json").is_file(), workspace=ws, pool=pool)
 
 
 def _table(results: dict[str, list[SearchResult]], history: pd.DataFrame, key: str) -> pd.DataFrame:

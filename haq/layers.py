@@ -3,13 +3,25 @@
 :func:`describe` runs one forward pass of batch 1 with hooks on every ``nn.Conv2d`` and
 ``nn.Linear`` and returns one :class:`LayerSpec` per quantizable layer, in execution order
 (the order HAQ's agent walks them and the order of every per-layer array in haq).
+
+Every weight-bearing operation is described, including weights a module uses through the
+functional API, where hooks on ``nn.Linear`` never fire:
+
+* ``nn.MultiheadAttention`` (ViT): two linear layers, ``<name>.in_proj`` (``E -> 3E``, the
+  packed ``in_proj_weight``) and ``<name>.out_proj`` (``E -> E``), on the query's tokens;
+* a ``nn.Linear`` whose own forward never runs but whose parent module does (Swin's window
+  attention reads ``qkv.weight`` and ``proj.weight``): a linear layer on the parent input's
+  tokens (:func:`functional_layers` names them).
+
+:func:`unquantized_parameters` names the parameters no layer covers (norms aside: position
+embeddings, class tokens, relative-position tables, layer scales), which stay float.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -70,6 +82,51 @@ def quantizable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+class _InProj:
+    """The packed input projection of an ``nn.MultiheadAttention``, seen as a linear layer."""
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        self.in_features = mha.embed_dim
+        self.out_features = 3 * mha.embed_dim
+        self.weight = mha.in_proj_weight
+        self.bias = mha.in_proj_bias
+
+
+def _query(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["query"]
+
+
+def functional_layers(model: nn.Module, specs: Sequence[LayerSpec]) -> list[str]:
+    """Names of the described layers whose weights ``model`` uses through the functional API
+    (attention projections): their module's own forward never runs."""
+    names = {n for n, _ in quantizable_modules(model)}
+    out = []
+    for s in specs:
+        parent = s.name.rpartition(".")[0]
+        if s.name not in names or isinstance(model.get_submodule(parent) if parent else model, nn.MultiheadAttention):
+            out.append(s.name)
+    return out
+
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
+def unquantized_parameters(model: nn.Module, specs: Sequence[LayerSpec]) -> dict[str, int]:
+    """Parameters (name -> elements) of ``model`` that no layer in ``specs`` covers, norm
+    layers' affine parameters aside: what stays float whatever the policy (position
+    embeddings, class tokens, relative-position tables, layer scales, unused heads)."""
+    covered: set[str] = set()
+    for s in specs:
+        if s.name.endswith(".in_proj"):
+            base = s.name[: -len("in_proj")]
+            covered |= {base + "in_proj_weight", base + "in_proj_bias"}
+        covered |= {s.name + ".weight", s.name + ".bias"}
+    for mod_name, m in model.named_modules():
+        if isinstance(m, NORM_TYPES):
+            covered |= {f"{mod_name}.{p}" if mod_name else p for p, _ in m.named_parameters(recurse=False)}
+    return {n: int(p.numel()) for n, p in model.named_parameters() if n not in covered}
+
+
 def describe(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]:
     """Describe every Conv2d and Linear that runs in a forward pass of ``model``.
 
@@ -80,7 +137,7 @@ def describe(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]:
     modules = dict(quantizable_modules(model))
     if not modules:
         raise ModelError("the model has no Conv2d or Linear layer to quantize")
-    records: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
+    records: list[tuple[str, Any, torch.Tensor, torch.Tensor | None]] = []
     seen: set[str] = set()
     handles = []
 
@@ -92,8 +149,42 @@ def describe(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]:
 
         return fn
 
-    for name, module in modules.items():
-        handles.append(module.register_forward_hook(hook(name)))
+    def attention_hook(name: str):
+        def fn(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> None:
+            if name + ".in_proj" in seen:
+                return
+            q = _query(args, kwargs)
+            seen.update({name + ".in_proj", name + ".out_proj"})
+            records.append((name + ".in_proj", _InProj(module), q, None))
+            # a tensor of the attention output's shape that no other layer reads (own input group)
+            records.append((name + ".out_proj", module.out_proj, torch.empty(q.shape[:-1] + (module.embed_dim,)), None))
+
+        return fn
+
+    def parent_hook(children: list[tuple[str, nn.Linear]]):
+        def fn(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            for name, child in children:
+                if name in seen or x is None or x.shape[-1] != child.in_features:
+                    continue
+                seen.add(name)
+                records.append((name, child, x, None))
+
+        return fn
+
+    attention = {n: m for n, m in model.named_modules()  # packed projections (separate q/k/v ones stay float)
+                 if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None}
+    for name, module in attention.items():
+        handles.append(module.register_forward_hook(attention_hook(name), with_kwargs=True))
+        seen.add(name + ".out_proj")  # described with its attention's in_proj
+    by_parent: dict[str, list[tuple[str, nn.Linear]]] = {}
+    for name, layer in modules.items():
+        handles.append(layer.register_forward_hook(hook(name)))
+        parent = name.rpartition(".")[0]
+        if isinstance(layer, nn.Linear) and parent not in attention:
+            by_parent.setdefault(parent, []).append((name, layer))
+    for parent, children in by_parent.items():
+        handles.append(model.get_submodule(parent).register_forward_hook(parent_hook(children), with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
@@ -121,10 +212,11 @@ def describe(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]:
     return specs
 
 
-def _spec(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int, group: int) -> LayerSpec:
+def _spec(name: str, m: Any, x: torch.Tensor, y: torch.Tensor | None, index: int, group: int) -> LayerSpec:
     bias = getattr(m, "bias", None)
     bias_params = int(bias.numel()) if isinstance(bias, torch.Tensor) else 0
     if isinstance(m, nn.Conv2d):
+        assert y is not None
         kh, kw = _pair(m.kernel_size)
         in_hw = (int(x.shape[-2]), int(x.shape[-1]))
         out_hw = (int(y.shape[-2]), int(y.shape[-1]))
@@ -148,7 +240,7 @@ def _spec(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int,
             index=index,
             input_group=group,
         )
-    assert isinstance(m, nn.Linear)
+    assert isinstance(m, (nn.Linear, _InProj))
     rows = int(x.numel() // x.shape[-1])  # tokens per image for a sequence input, else 1
     return LayerSpec(
         name=name,

@@ -4,6 +4,11 @@ The ledger (:mod:`haq.ledger`) hands each batch of policies it has to measure to
 commits the results in proposal order, so a result never depends on which pool measured it.
 
 * :class:`InProcessPool` - the default: this process's evaluator, one policy after another.
+* :class:`haq.ray_pool.RayPool` - Ray actors, from a laptop (``workers=N`` starts a local
+  Ray) to a cluster (``address=``), one code path. ``pip install 'haq[ray]'``.
+
+Results never depend on the pool: every worker builds the same evaluator from the same
+state and the ledger commits in proposal order.
 """
 
 from __future__ import annotations

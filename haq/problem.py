@@ -112,6 +112,11 @@ class ModelAccess(Protocol):
         """Calibrated (lo, hi) range of layer ``index``'s input at ``bits``."""
         ...
 
+    @property
+    def device(self) -> torch.device:
+        """Where the evaluator runs (``--device``): where Hessians are taken too."""
+        ...
+
     def folded_model(self) -> nn.Module:
         """A float copy of the BN-folded model (Hessians, architecture features)."""
         ...

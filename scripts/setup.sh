@@ -10,7 +10,7 @@ if [ -f "$stamp" ] && [ -x .venv/bin/python ]; then
 fi
 echo "haq: setting up .venv (torch==2.14.1 and friends; a few minutes the first time)" >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,ray]" 2>&1 \
   | grep -v "^WARNING: Location '.*' is ignored" >&2 || true
 .venv/bin/python -c "import haq, torch, torchvision, stable_baselines3, xgboost" \
   || { echo "haq: setup failed; see the pip output above" >&2; exit 1; }

@@ -25,6 +25,7 @@ resumed search, the next test - reads them instead of re-running the model.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 from collections.abc import Sequence
@@ -100,10 +101,10 @@ def collect_stats(
                 batch_maxs[i].append(float(x.max()))
             else:
                 lo, hi = ranges[i]
-                hists[i] += torch.histc(x, HIST_BINS, lo, hi if hi > lo else lo + 1e-8).numpy()
+                hists[i] += torch.histc(x, HIST_BINS, lo, hi if hi > lo else lo + 1e-8).cpu().numpy()
                 amax = max(abs(lo), abs(hi))
                 nonzero = x[x != 0].abs()  # exact zeros (ReLU) are exact in any grid
-                abs_hists[i] += torch.histc(nonzero, HIST_BINS, 0.0, amax if amax > 0 else 1e-8).numpy()
+                abs_hists[i] += torch.histc(nonzero, HIST_BINS, 0.0, amax if amax > 0 else 1e-8).cpu().numpy()
 
         return fn
 
@@ -112,7 +113,9 @@ def collect_stats(
         with torch.no_grad():
             for pass_no in (0, 1):
                 if pass_no == 1:
-                    ranges = [(float(o.min_val), float(o.max_val)) for o in observers]
+                    # a layer its model bypasses (never called) has no statistics: (0, 0)
+                    ranges = [(float(o.min_val), float(o.max_val)) if batch_mins[i] else (0.0, 0.0)
+                              for i, o in enumerate(observers)]
                 for start in range(0, len(images), batch_size):
                     model(images[start : start + batch_size])
     finally:
@@ -137,10 +140,11 @@ def stats_key(model: nn.Module, layer_names: Sequence[str], images: torch.Tensor
 
 
 def cached_stats(
-    model: nn.Module, layer_names: Sequence[str], images: torch.Tensor
+    model: nn.Module, layer_names: Sequence[str], images: torch.Tensor, device: torch.device | None = None
 ) -> tuple[list[ActivationStats], Literal["disk", "collected"]]:
     """Statistics of the inputs of ``layer_names`` (modules of ``model``) over ``images``,
-    read from the on-disk cache when present, else collected and written there.
+    read from the on-disk cache when present, else collected (on ``device``, the CPU when
+    None; ``model`` itself is not moved) and written there.
 
     Returns the statistics and where they came from. A cache file that cannot be read is
     recomputed and overwritten, never trusted.
@@ -153,6 +157,8 @@ def cached_stats(
             return [ActivationStats.from_arrays(arrays, f"l{i}") for i in range(len(layer_names))], "disk"
         except Exception:  # truncated, stale or foreign file: collect again
             pass
+    if device is not None and device.type != "cpu":
+        model, images = copy.deepcopy(model).to(device), images.to(device)
     modules = [model.get_submodule(n) for n in layer_names]
     stats = collect_stats(model, modules, images)
     arrays = {}

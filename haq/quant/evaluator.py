@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,9 +36,10 @@ from torch import nn
 
 from haq.bits import FLOAT_BITS, HALF_BITS, check_bits
 from haq.data import DataSplits, Split
+from haq.devices import resolve_device
 from haq.errors import ConfigError
 from haq.fold import fold_batchnorm
-from haq.layers import LayerSpec, describe
+from haq.layers import LayerSpec, describe, unquantized_parameters
 from haq.quant.calibration import ActivationStats, cached_stats, calibrate
 from haq.quant.graph import OUTPUT_BITS, ResidualPlan, bind_skips, output_quantizers, plan_residuals
 from haq.quant.qlayer import pack_activation, quantize_bias, wrap_layers
@@ -55,9 +57,16 @@ SCHEME_CACHE_BYTES = 2 * 1024**3  #: weights the per-scheme evaluators of one mo
 class _Shared:
     """What evaluators of the same model and data share across schemes."""
 
-    folded: nn.Module  #: BN-folded float model (unwrapped), eval mode
+    folded: nn.Module  #: BN-folded float model (unwrapped), eval mode, on the CPU
     planned: nn.Module  #: ``folded`` with residual-add quantizers (off), see haq.quant.graph
     plan: ResidualPlan
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  #: where evaluations run
+    #: each split's images and labels on ``device`` (only filled for a non-CPU device)
+    on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: indices of layers whose module the model bypasses (reads its weight itself): their
+    #: weights are quantized, their inputs stay float; None until checked
+    functional: frozenset[int] | None = None
+    stats_model: nn.Module | None = None  #: float wrapped copy of ``planned`` that calibration hooks
     stats: dict[int | None, list[ActivationStats]] = field(default_factory=dict)
     stats_source: dict[int | None, str] = field(default_factory=dict)  #: "disk" | "collected"
     #: the evaluator of each scheme, least recently used first (see ``remember``)
@@ -101,6 +110,10 @@ class Evaluator:
             depthwise layers (measured, 1 CPU thread, channels-last vs NCHW: MobileNetV2 at
             64x64 2.1x faster compiled, 1.6x eager; digits-mobilenet 1.9x and 1.3x;
             ResNet-18 at 64x64 1.2x and 1.1x slower, so it stays NCHW).
+        device: where evaluation and calibration run (``cpu``, ``cuda``, ``cuda:N``,
+            ``auto``; see :mod:`haq.devices`). On CUDA the wrapped model, the float and
+            cached quantized weights and each split's images stay on the device, and a batch
+            that does not fit in its memory is halved until it does.
 
     Attributes:
         execution: ``"eager"`` or ``"compiled"`` - the path the next evaluation takes.
@@ -121,6 +134,7 @@ class Evaluator:
         compile: CompileOption = "auto",
         compile_cost_s: float = DEFAULT_COMPILE_COST_S,
         channels_last: bool | Literal["auto"] = "auto",
+        device: str | torch.device = "cpu",
         _shared: _Shared | None = None,
     ) -> None:
         if batch_size < 1:
@@ -134,8 +148,9 @@ class Evaluator:
             for p in folded.parameters():
                 p.requires_grad_(False)
             planned, plan = plan_residuals(folded, [s.name for s in self.layers])
-            _shared = _Shared(folded, planned, plan)
+            _shared = _Shared(folded, planned, plan, resolve_device(device))
         self._shared = _shared
+        self.device = _shared.device
         if _shared.recall(self.scheme) is None:
             _shared.remember(self)
         self.qmodel = copy.deepcopy(_shared.planned).eval()
@@ -143,6 +158,11 @@ class Evaluator:
         bind_skips(self.qmodel, self.qlayers)
         self._out_q = output_quantizers(self.qmodel)
         self._out_on: dict[int, bool] = dict.fromkeys(self._out_q, False)
+        if _shared.functional is None:
+            _shared.functional = _bypassed(self.qmodel, self.qlayers, data.input_shape)
+            _warn_float_parts(_shared.folded, self.layers, _shared.functional)
+        self._functional = _shared.functional
+        self.qmodel.to(self.device)
         self._float_w = [q.inner.weight.detach().clone() for q in self.qlayers]
         self._float_b = [q.bias.detach().clone() for q in self.qlayers]
         if channels_last == "auto":
@@ -164,7 +184,8 @@ class Evaluator:
             ev = Evaluator(
                 self._shared.folded, self.data, scheme, self.layers, self.batch_size,
                 compile=self._runner.mode, compile_cost_s=self._runner.compile_cost_s,
-                channels_last=self._runner.memory_format == torch.channels_last, _shared=self._shared,
+                channels_last=self._runner.memory_format == torch.channels_last, device=self.device,
+                _shared=self._shared,
             )
         return ev
 
@@ -225,14 +246,19 @@ class Evaluator:
     def logits(self, w_bits: Bits, a_bits: Bits, split: str = "val") -> torch.Tensor:
         """Model outputs ``(N, classes)`` on ``split`` with the given per-layer bitwidths."""
         self.apply(np.asarray(w_bits), np.asarray(a_bits))
-        return self._runner.logits(self.data.split(split).x, self.batch_size)
+        x, _ = self._split_tensors(split)
+        return self._runner.logits(x, self.batch_size).cpu()
 
     def fp32_accuracy(self, split: str = "val") -> float:
         full = np.full(len(self.layers), FLOAT_BITS)
         return self.evaluate(full, full, split)
 
     def quantized_weight(self, index: int, bits: int) -> torch.Tensor:
-        """Fake-quantized folded weight of layer ``index`` at ``bits`` (cached; do not modify)."""
+        """Fake-quantized folded weight of layer ``index`` at ``bits``, on the CPU (cached on
+        the evaluator's device; do not modify)."""
+        return self._device_weight(index, bits).cpu()
+
+    def _device_weight(self, index: int, bits: int) -> torch.Tensor:
         key = (index, int(bits))
         w = self._w_cache.get(key)
         if w is None:
@@ -269,8 +295,8 @@ class Evaluator:
         return b
 
     def float_weight(self, index: int) -> torch.Tensor:
-        """The BN-folded float weight of layer ``index``."""
-        return self._float_w[index]
+        """The BN-folded float weight of layer ``index`` (on the CPU)."""
+        return self._float_w[index].cpu()
 
     def folded_model(self) -> nn.Module:
         """A float copy of the BN-folded model (for Hessians and other float analyses)."""
@@ -329,6 +355,35 @@ class Evaluator:
     def calibration_source(self) -> str | None:
         return self._shared.stats_source.get(self.scheme.calibration_images)
 
+    def worker_state(self) -> dict:
+        """What another process needs to build an evaluator identical to this one
+        (:meth:`from_worker_state`): the folded float model, the data splits, the layers,
+        the scheme, the options and the calibration statistics collected so far. Put once
+        in a Ray object store by :class:`haq.pool.RayPool`, never shipped per task."""
+        self._stats()  # collected here once, not by every worker
+        return {
+            "folded": self._shared.folded,
+            "data": self.data,
+            "scheme": self.scheme,
+            "layers": list(self.layers),
+            "batch_size": self.batch_size,
+            "compile": self._runner.mode,
+            "compile_cost_s": self._runner.compile_cost_s,
+            "channels_last": self._runner.memory_format == torch.channels_last,
+            "stats": dict(self._shared.stats),
+        }
+
+    @classmethod
+    def from_worker_state(cls, state: dict, device: str | torch.device = "cpu") -> Evaluator:
+        """The evaluator :meth:`worker_state` describes, on ``device``."""
+        planned, plan = plan_residuals(state["folded"], [s.name for s in state["layers"]])
+        shared = _Shared(state["folded"], planned, plan, resolve_device(device))
+        shared.stats.update(state["stats"])
+        shared.stats_source.update({k: "driver" for k in state["stats"]})
+        return cls(shared.folded, state["data"], state["scheme"], state["layers"], state["batch_size"],
+                   compile=state["compile"], compile_cost_s=state["compile_cost_s"],
+                   channels_last=state["channels_last"], _shared=shared)
+
     # ----- internals ---------------------------------------------------------------------
     def apply(self, w_bits: np.ndarray, a_bits: np.ndarray) -> None:
         """Load a policy into the wrapped model (only layers whose bits changed)."""
@@ -337,11 +392,11 @@ class Evaluator:
         for i, (w, a) in enumerate(zip(w_bits.tolist(), a_bits.tolist(), strict=True)):
             q = self.qlayers[i]
             changed = w != self._current_w[i] or a != self._current_a[i]
-            if w != self._current_w[i]:
-                q.weight.copy_(self.quantized_weight(i, check_bits(w)))
+            if w != self._current_w[i]:  # the cached weight lives on the evaluator's device
+                q.weight.copy_(self._device_weight(i, check_bits(w)))
                 self._current_w[i] = w
             if a != self._current_a[i]:
-                if check_bits(a) == FLOAT_BITS:
+                if check_bits(a) == FLOAT_BITS or i in self._functional:  # see _bypassed
                     q.set_activation(None)
                 elif a == HALF_BITS:  # float16, as the weights at 16 bits
                     q.set_activation("half")
@@ -376,13 +431,63 @@ class Evaluator:
         stats = self._shared.stats.get(n)
         if stats is None:
             images = self.data.calib.head(n).x
+            if self._shared.stats_model is None:  # hooks on the wrapped layers: attention projections too
+                model = copy.deepcopy(self._shared.planned).eval()
+                wrap_layers(model, [s.name for s in self.layers])
+                self._shared.stats_model = model
             names = [s.name for s in self.layers] + [ResidualPlan.output_name(j) for j in self._shared.plan.outputs]
-            stats, source = cached_stats(self._shared.planned, names, images)
+            stats, source = cached_stats(self._shared.stats_model, names, images, device=self.device)
             self._shared.stats[n] = stats
             self._shared.stats_source[n] = source
         return stats
 
-    def _accuracy(self, split: str) -> float:
+    def _split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of ``split`` on the evaluator's device (copied there once)."""
         part = self.data.split(split)
-        correct = self._runner.count_correct(part.x, part.y, self.batch_size)
-        return correct / max(len(part), 1)
+        if self.device.type == "cpu":
+            return part.x, part.y
+        held = self._shared.on_device.get(split)
+        if held is None:
+            held = (part.x.to(self.device), part.y.to(self.device))
+            self._shared.on_device[split] = held
+        return held
+
+    def _accuracy(self, split: str) -> float:
+        x, y = self._split_tensors(split)
+        correct = self._runner.count_correct(x, y, self.batch_size)
+        return correct / max(len(x), 1)
+
+
+def _bypassed(model: nn.Module, qlayers: Sequence[nn.Module], input_shape: Sequence[int]) -> frozenset[int]:
+    """Indices of wrapped layers whose forward does not run in a forward pass of ``model``:
+    their parent reads ``layer.weight``/``layer.bias`` itself (Swin's window attention), so
+    the quantized weight is used but the input cannot be fake-quantized."""
+    ran: set[int] = set()
+    handles = [q.register_forward_pre_hook(lambda *_a, i=i: ran.add(i)) for i, q in enumerate(qlayers)]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return frozenset(set(range(len(qlayers))) - ran)
+
+
+def _warn_float_parts(model: nn.Module, layers: Sequence[LayerSpec], bypassed: frozenset[int]) -> None:
+    """One warning line naming what stays float whatever the policy, with its share of MACs
+    (inputs of bypassed layers) and of parameters (parameters no layer covers, norms aside)."""
+    parts = []
+    if bypassed:
+        total = sum(s.macs for s in layers) or 1
+        share = sum(layers[i].macs for i in bypassed) / total
+        first = layers[min(bypassed)].name
+        parts.append(f"the inputs of {len(bypassed)} layers used through the functional API (e.g. {first}; "
+                     f"{100 * share:.1f}% of MACs; their weights are quantized)")
+    loose = unquantized_parameters(model, layers)
+    if loose:
+        total_p = sum(p.numel() for p in model.parameters()) or 1
+        names = ", ".join(sorted(loose)[:3]) + (", ..." if len(loose) > 3 else "")
+        parts.append(f"{len(loose)} parameters outside any layer ({names}; "
+                     f"{100 * sum(loose.values()) / total_p:.2f}% of parameters)")
+    if parts:
+        warnings.warn("haq: stay float: " + "; ".join(parts), stacklevel=3)

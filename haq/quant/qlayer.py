@@ -121,6 +121,45 @@ def quantize_bias(bias: torch.Tensor, input_scale: float, weight_scale: torch.Te
     return q * scale, q
 
 
+class QuantAttention(nn.Module):
+    """An ``nn.MultiheadAttention`` (self-attention, packed projections, as in torchvision's
+    ViT) whose input and output projections are :class:`QuantLayer` s, ``in_proj`` and
+    ``out_proj``: ``out_proj(softmax(q k^T / sqrt(d)) v)`` with ``q, k, v = in_proj(x)``.
+
+    Only what torchvision's classifiers use is supported: ``query is key is value``, no
+    masks; the attention weights are not returned (``(output, None)``)."""
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if mha.in_proj_weight is None:
+            raise NotImplementedError("attention with separate q/k/v projections stays float")
+        e = mha.embed_dim
+        packed = nn.Linear(e, 3 * e, bias=mha.in_proj_bias is not None)
+        packed.weight = mha.in_proj_weight
+        if mha.in_proj_bias is not None:
+            packed.bias = mha.in_proj_bias
+        out = nn.Linear(e, e, bias=mha.out_proj.bias is not None)
+        out.weight, out.bias = mha.out_proj.weight, mha.out_proj.bias
+        self.in_proj = QuantLayer(packed)
+        self.out_proj = QuantLayer(out)
+        self.num_heads, self.batch_first, self.embed_dim = mha.num_heads, mha.batch_first, e
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, None]:
+        if (key is not None and key is not query) or (value is not None and value is not query) \
+                or key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise NotImplementedError("QuantAttention supports unmasked self-attention only")
+        x = query if self.batch_first else query.transpose(0, 1)  # (N, L, E)
+        n, length, e = x.shape
+        h = self.num_heads
+        q, k, v = self.in_proj(x).view(n, length, 3, h, e // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # (N, H, L, d)
+        out = self.out_proj(out.transpose(1, 2).reshape(n, length, e))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
 def pack_activation(params: tuple[float, float, float, float]) -> torch.Tensor:
     """``(scale, zero, qmin, qmax)`` as the ``(5,)`` float32 ``a_params`` row (quantizing on).
 
@@ -131,11 +170,21 @@ def pack_activation(params: tuple[float, float, float, float]) -> torch.Tensor:
 
 
 def wrap_layers(model: nn.Module, names: Sequence[str]) -> list[QuantLayer]:
-    """Replace each named Conv2d/Linear of ``model`` (in place) by a :class:`QuantLayer`."""
+    """Replace each named Conv2d/Linear of ``model`` (in place) by a :class:`QuantLayer`;
+    an attention's ``<name>.in_proj``/``<name>.out_proj`` replace the ``nn.MultiheadAttention``
+    at ``<name>`` by a :class:`QuantAttention` (see :mod:`haq.layers`)."""
     wrapped = []
     for name in names:
         parent_path, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
+        if isinstance(parent, nn.MultiheadAttention):
+            grand_path, _, own = parent_path.rpartition(".")
+            grand = model.get_submodule(grand_path) if grand_path else model
+            parent = QuantAttention(parent)
+            setattr(grand, own, parent)
+        if isinstance(parent, QuantAttention):
+            wrapped.append(getattr(parent, attr))
+            continue
         q = QuantLayer(getattr(parent, attr))
         setattr(parent, attr, q)
         wrapped.append(q)

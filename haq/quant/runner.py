@@ -120,6 +120,7 @@ class ForwardRunner:
         self.compile_seconds = 0.0
         self.compile_error: str | None = None
         self.eager_seconds = 0.0
+        self.batch_limit: int | None = None  #: largest batch that fit in device memory, or None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             module.to(memory_format=torch.channels_last)  # 4-d weights and buffers, in place
@@ -136,7 +137,7 @@ class ForwardRunner:
         def hits_of(s: int, out: torch.Tensor) -> float:
             if not bool(torch.isfinite(out).all()):
                 return float("nan")
-            return float((out.argmax(1) == y[s : s + batch_size]).sum())
+            return float((out.argmax(1) == y[s : s + len(out)]).sum())
 
         return float(sum(self._map_batches(x, batch_size, hits_of)))
 
@@ -146,13 +147,25 @@ class ForwardRunner:
         return torch.cat(outs)  # outside inference mode: a normal tensor, usable anywhere
 
     def _map_batches(self, x: torch.Tensor, batch_size: int, fn: Callable[[int, torch.Tensor], T]) -> list[T]:
-        """``fn(start, outputs)`` of every batch, in inference mode; meters eager time for auto."""
+        """``fn(start, outputs)`` of every batch, in inference mode; meters eager time for auto.
+
+        On a GPU, a batch that runs out of device memory is halved (and stays halved for
+        later calls) until it fits; the results do not depend on the batch size."""
         start_path, t0 = self.path, time.perf_counter()
-        results = []
-        with torch.inference_mode():
-            for start in range(0, len(x), batch_size):
-                xb = x[start : start + batch_size].contiguous(memory_format=self.memory_format)
-                results.append(fn(start, self.forward(xb)))
+        while True:
+            step = min(batch_size, self.batch_limit or batch_size)
+            try:
+                results = []
+                with torch.inference_mode():
+                    for start in range(0, len(x), step):
+                        xb = x[start : start + step].contiguous(memory_format=self.memory_format)
+                        results.append(fn(start, self.forward(xb)))
+                break
+            except torch.OutOfMemoryError:
+                if step <= 1 or x.device.type == "cpu":
+                    raise
+                self.batch_limit = step // 2
+                torch.cuda.empty_cache()
         if start_path == "eager" and self.path == "eager":
             self.eager_seconds += time.perf_counter() - t0
             if self.mode == "auto" and self.compile_error is None and self.eager_seconds >= self.auto_threshold_s:

@@ -269,20 +269,22 @@ def layer_traces(
     y: torch.Tensor,
     settings: TraceSettings | None = None,
     use_cache: bool = True,
+    device: torch.device | str = "cpu",
 ) -> LayerTraces:
     """Hutchinson traces of the named layers' weights, from the cache when the same model
     weights, images, layers and settings were seen before.
 
     ``model`` is not modified (a copy is differentiated); ``x`` ``(N, C, H, W)`` and ``y``
     ``(N,)`` are the calibration images and labels (the first ``batches * batch_size``
-    are used).
+    are used). The traces are taken on ``device`` (the probes are drawn on the CPU, so a
+    seed gives the same probes on every device).
     """
     import copy
 
     settings = settings or TraceSettings()
     batches = calibration_batches(x, y, settings)
     images = sum(len(b[1]) for b in batches)
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model).to(device)
     params = layer_weights(work, layer_names)  # errors before any hashing
     key = content_key({
         "format": CACHE_FORMAT,
@@ -299,6 +301,7 @@ def layer_traces(
         except (ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)  # corrupt or older format: recompute
     t0 = time.perf_counter()
+    batches = [(bx.to(device), by.to(device)) for bx, by in batches]
     est = hutchinson_traces(work, params, batches, max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed)
     result = LayerTraces(
         layer_names=tuple(layer_names),

@@ -267,7 +267,8 @@ def run_hawq(problem: SearchProblem, ledger: Ledger, options: HawqOptions) -> di
     opts = layer_options(problem.choices, options.activation)
     rows, fixed = budget_rows(problem, opts), pinned_options(problem, opts)  # cheap errors before the Hessian
     calib = ev.calibration_split
-    traces = layer_traces(ev.folded_model(), names, calib.x, calib.y, settings, use_cache=options.use_cache)
+    traces = layer_traces(ev.folded_model(), names, calib.x, calib.y, settings, use_cache=options.use_cache,
+                          device=ev.device)
     images = calib.x[: traces.images] if options.activation == "independent" else None
     omega = sensitivity_table(problem, ev, traces, opts, options.activation, images)
     ilp = MultipleChoiceIlp(

@@ -34,7 +34,6 @@ from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3.policies import Actor, TD3Policy
 from torch import nn
 from torch.nn import functional as F
@@ -194,6 +193,14 @@ class HAQDDPG(DDPG):
         device: torch device of the networks.
         threads: torch intra-op threads while the agent computes (see :func:`torch_threads`;
             None leaves the process's setting).
+        fused_adam: Adam's fused kernel (one pass over each parameter instead of seven
+            element-wise ops): the same update rule, its float results differ from the
+            per-tensor implementation in the last bits.
+
+    Speed (the agent's learning is most of an RL search's own time on a small model): one
+    gradient step is ten 64x300x300 matrix products (~1.3 ms on one core at 90 GFLOP/s) plus
+    Adam and Polyak; Polyak runs as two ``torch._foreach`` ops over all parameters (bit-identical
+    to SB3's per-tensor loop) and Adam fused.
     """
 
     def __init__(
@@ -211,6 +218,7 @@ class HAQDDPG(DDPG):
         baseline_alpha: float = 0.5,
         device: str = "cpu",
         threads: int | None = 1,
+        fused_adam: bool = True,
     ) -> None:
         super().__init__(
             HAQPolicy,
@@ -222,7 +230,8 @@ class HAQDDPG(DDPG):
             tau=tau,
             gamma=gamma,
             replay_buffer_class=HAQReplayBuffer,
-            policy_kwargs={"net_arch": {"pi": list(hidden), "qf": list(hidden)}},
+            policy_kwargs={"net_arch": {"pi": list(hidden), "qf": list(hidden)},
+                           "optimizer_kwargs": {"fused": True} if fused_adam else {}},
             device=device,
             seed=None,  # seeded by the caller through torch.manual_seed (see haq.methods.rl.method.build_agent)
         )
@@ -235,6 +244,11 @@ class HAQDDPG(DDPG):
         self.buffer.rng = rng
         self.last_losses: dict[str, float] = {}
         self.threads = threads
+        # (online, target) parameter lists of both networks, for the foreach Polyak update
+        self._polyak_pairs = [
+            (list(self.critic.parameters()), list(self.critic_target.parameters())),
+            (list(self.actor.parameters()), list(self.actor_target.parameters())),
+        ]
         self.set_logger(Logger(folder=None, output_formats=[]))
 
     @property
@@ -265,6 +279,15 @@ class HAQDDPG(DDPG):
                 self.buffer.add(t.obs[None], t.next_obs[None], t.action[None], r, np.array([t.done]), [{}])
                 if learn:
                     self.train(gradient_steps=1, batch_size=self.batch_size)
+
+    @th.no_grad()
+    def _polyak(self) -> None:
+        """``target = (1 - tau) target + tau online`` for both networks: SB3's
+        ``polyak_update`` (``mul`` then ``add`` with ``alpha=tau``, per tensor) as two foreach
+        ops over all tensors - the same arithmetic, bit for bit, without a Python loop."""
+        for online, target in self._polyak_pairs:
+            th._foreach_mul_(target, 1 - self.tau)  # type: ignore[arg-type]  # Parameters are Tensors
+            th._foreach_add_(target, online, alpha=self.tau)  # type: ignore[arg-type]
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         """HAQ's ``update_policy``: DDPG with the moving-average reward baseline.
@@ -302,7 +325,6 @@ class HAQDDPG(DDPG):
             self.actor.optimizer.step()
             self.critic.requires_grad_(True)
 
-            polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-            polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+            self._polyak()
             self.last_losses = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
         self.policy.set_training_mode(False)
