@@ -1,13 +1,16 @@
 """Does the ``cpu`` hardware model's per-layer sum predict the whole model's measured time?
 
 Per model: the sum over layers of the profiled fp32 (w32a32) and int8 (w8a8) latencies
-against the measured end-to-end latency of the whole fp32 model (BatchNorm folded) and the
-whole int8 model (``torch.ao`` FX post-training quantization, x86/fbgemm), their relative
-errors, the wall time of profiling the model from an empty cache, and the int8/fp32
+(ONNX Runtime kernels, :mod:`haq.simulators.profiling`) against the measured end-to-end
+ONNX Runtime latency of the whole fp32 model and the whole uniform-int8 model, both as
+``haq export`` writes them (BatchNorm folded; QDQ, fused into QLinearConv/QLinearAdd/QGemm),
+their relative errors, the wall time of profiling the model from an empty cache, and the int8/fp32
 speedup, measured and predicted. Design §6 asks for |error| <= 25%: the script exits 1 if
 ResNet-18 3x64x64 or digits-mobilenet (the two models the test checks) miss it; the other
 rows are information. Weights are random: kernel time does not depend on their values.
-Batch 1, one thread by default (the thread CPU clock, robust on a shared machine).
+Batch 1, one thread by default (the thread CPU clock, robust on a shared machine; each
+layer is a difference of two back-to-back runs, the fp32/int8 pairs interleaved, so a burst
+of load hits every pair alike).
 
     python benchmarks/cpu_profile_accuracy.py [--quick] [--threads 1] [--repeats 30]
 """
@@ -19,6 +22,7 @@ import os
 import tempfile
 import time
 
+import onnxruntime
 import torch
 import torchvision
 
@@ -53,7 +57,7 @@ def main() -> None:
     repeats = args.repeats or (10 if args.quick else 30)
     torch.manual_seed(0)
     print(
-        f"cpu: {cpu_model_name()}, torch {torch.__version__}, threads {args.threads}, repeats {repeats}, batch 1"
+        f"cpu: {cpu_model_name()}, onnxruntime {onnxruntime.__version__}, threads {args.threads}, repeats {repeats}, batch 1"
     )
     head = (
         f"{'model':<24} {'L':>3} {'fp32 sum':>9} {'fp32 e2e':>9} {'err':>7} "
