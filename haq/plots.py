@@ -131,7 +131,8 @@ def plot_pareto(
         ci = f" [{100 * r.test_low:.1f}-{100 * r.test_high:.1f}]" if r.test_low is not None and r.test_high is not None else ""
         ax.annotate(f"{r.label}: test {100 * r.test_accuracy:.2f}%{ci}", (r.cost, d),
                     textcoords="offset points", xytext=(6, -10), fontsize=7)
-    ax.set_ylim(window + 0.3, min(-0.3, ax.get_ylim()[1]))  # the best (smallest drop) at the top
+    lowest = [100 * (fp32 - float(a)) for a in history["accuracy"].dropna()] + [100 * (fp32 - r.val_accuracy) for r in returned]
+    ax.set_ylim(window + 0.3, min([-0.3] + [d - 0.3 for d in lowest]))  # the best (smallest drop) at the top
     ax.set_xlabel(f"{cost_key} ({UNIT_NAMES[cost_key]})")
     ax.set_ylabel(f"validation accuracy drop from fp32 ({100 * fp32:.2f}%), pt")
     if hidden:
