@@ -51,7 +51,7 @@ class Workspace:
 
 
 def load_model_and_data(
-    model: str, weights: str | Path | None, data: str | None, input_size: int | None
+    model: str, weights: str | Path | None, data: str | None, input_size: int | None, max_images: int | None = None
 ) -> tuple[LoadedModel, DataSplits, list[LayerSpec]]:
     """The model, its data splits and its layer descriptions (what every accuracy needs)."""
     loaded = load_model(model, weights, input_size=input_size)
@@ -61,7 +61,7 @@ def load_model_and_data(
             f"model {model} needs data to measure accuracy: pass --data imagefolder:PATH "
             "(or use `haq cost`, which needs none)"
         )
-    splits = load_data(spec, image_size=input_size)
+    splits = load_data(spec, image_size=input_size, max_images=max_images)
     if tuple(splits.input_shape) != tuple(loaded.input_shape) and input_size is None:
         loaded.input_shape = tuple(splits.input_shape)  # type: ignore[assignment]
     return loaded, splits, describe(loaded.module, loaded.input_shape)
@@ -74,7 +74,8 @@ def prepare(config: SearchConfig, device: str = "auto") -> Workspace:
     ``cuda``, ``cuda:N``); it is not part of the config: results on the CPU never depend on it."""
     dev = resolve_device(device)  # CUDA asked for and absent: one line before any loading
     hardware = get_hardware(config.hardware)
-    loaded, data, layers = load_model_and_data(config.model, config.weights, config.data, config.input_size)
+    loaded, data, layers = load_model_and_data(config.model, config.weights, config.data, config.input_size,
+                                               config.max_images)
     evaluator = Evaluator(loaded.module, data, config.scheme, layers, device=dev)
     table = hardware.cost_table(layers, config.hardware_batch)
     return Workspace(loaded, data, layers, evaluator, hardware, table, CostModel(layers, table))

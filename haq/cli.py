@@ -36,6 +36,7 @@ ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmet
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="measure on N Ray workers (starts a local Ray; pip install 'haq[ray]'); results do not depend on it")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="join an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto)")]
+MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="most images read from an ImageFolder (calib+val+test 20/40/40 %; default 5000)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="a .json or .toml config (e.g. a run's config.json); flags given override it")]
 
@@ -146,6 +147,7 @@ def search(
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
     device: DeviceOpt = "auto",
+    max_images: MaxImagesOpt = None,
 ) -> None:
     """Search per-layer bitwidths under a budget; writes a run directory."""
     from haq.api import search as run_search
@@ -162,6 +164,7 @@ def search(
         opts["tensorboard_dir"] = str(tensorboard)
     flags: dict[str, Any] = dict(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
+        max_images=max_images,
         hardware=hardware, budget=tuple(budget) if budget else None, method=method, seed=seed,
         max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin, calibration=calibration,
         weight_quant=weight_quant, act_quant=act_quant, options=opts, max_accuracy_drop=max_accuracy_drop,
@@ -215,6 +218,7 @@ def compare(
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
     device: DeviceOpt = "auto",
+    max_images: MaxImagesOpt = None,
 ) -> None:
     """Run several methods on the same problem and evaluation limit; write a comparison."""
     from haq.compare import compare as run_compare
@@ -223,6 +227,7 @@ def compare(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     flags: dict[str, Any] = dict(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
+        max_images=max_images,
         hardware=hardware, budget=tuple(budget) if budget else None, method=names[0] if names else "uniform",
         seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
         calibration=calibration, weight_quant=weight_quant, act_quant=act_quant, options={},

@@ -96,6 +96,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+DEFAULT_MAX_IMAGES = 5000  #: images an ImageFolder contributes unless --max-images says otherwise
+
+
 def load_imagefolder(
     root: str | Path,
     image_size: int = 224,
@@ -186,12 +189,16 @@ def _check_imagefolder(root: Path) -> None:
         raise DataError(f"data folder {root} is empty: its class folders hold no images")
 
 
-def load_data(spec: str, image_size: int | None = None, calibration_images: int | None = None) -> DataSplits:
-    """Data from a CLI spec: ``digits`` or ``imagefolder:PATH``."""
+def load_data(
+    spec: str, image_size: int | None = None, calibration_images: int | None = None, max_images: int | None = None
+) -> DataSplits:
+    """Data from a CLI spec: ``digits`` or ``imagefolder:PATH`` (at most ``max_images`` images,
+    default 5000)."""
     if spec == "digits":
         return load_digits(calibration_images=calibration_images or 256)
     if spec.startswith("imagefolder:"):
-        return load_imagefolder(spec[len("imagefolder:") :], image_size=image_size or 224)
+        return load_imagefolder(spec[len("imagefolder:") :], image_size=image_size or 224,
+                                max_images=max_images or DEFAULT_MAX_IMAGES)
     import difflib
 
     close = difflib.get_close_matches(spec, list(DATA_SOURCES), n=2)
