@@ -364,9 +364,20 @@ def list_(what: Annotated[str, typer.Argument(help="models, data, hardware, meth
     _console().print(table)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """Warnings on stderr as one line each (no source line): ``haq: warning: ...``."""
+    text = str(message)
+    return f"{text if text.startswith('haq:') else 'haq: warning: ' + text}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit code 2 for every user error, never a traceback."""
+    import warnings
+
     from haq.errors import HaqError
+
+    warnings.formatwarning = _one_line_warning
 
     command = typer.main.get_command(app)
     try:
