@@ -11,7 +11,7 @@ GPU, see gpu_check.sh):
 * peak RSS of the process so far, MB.
 
     python benchmarks/real_model_scale.py                 # resnet18, resnet50, mobilenet_v2; 64 val images
-    python benchmarks/real_model_scale.py --quick         # resnet18, mobilenet_v2; 8 val images (CI)
+    python benchmarks/real_model_scale.py --quick         # resnet18, mobilenet_v2; 16 val images (CI)
     python benchmarks/real_model_scale.py --device cuda --images 2000
 """
 
@@ -60,14 +60,14 @@ def fp32_seconds(model: torch.nn.Module, x: torch.Tensor, batch: int, device: to
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="resnet18 and mobilenet_v2, 20 images (8 validation)")
+    ap.add_argument("--quick", action="store_true", help="resnet18 and mobilenet_v2, 40 images (16 validation)")
     ap.add_argument("--models", default=None, help="comma-separated torchvision names")
     ap.add_argument("--images", type=int, default=None, help="images generated (40%% become the validation split)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()
     models = (args.models or ("resnet18,mobilenet_v2" if args.quick else "resnet18,resnet50,mobilenet_v2")).split(",")
-    images = args.images or (20 if args.quick else 160)
+    images = args.images or (40 if args.quick else 160)
     repeats = args.repeats or (1 if args.quick else 3)
     print(f"torch threads {torch.get_num_threads()}, device {args.device} (shared machine: timings are noisy)")
     with tempfile.TemporaryDirectory() as tmp:

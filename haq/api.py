@@ -51,7 +51,8 @@ class Workspace:
 
 
 def load_model_and_data(
-    model: str, weights: str | Path | None, data: str | None, input_size: int | None, unlabeled: str | None = None
+    model: str, weights: str | Path | None, data: str | None, input_size: int | None, unlabeled: str | None = None,
+    max_images: int | None = None,
 ) -> tuple[LoadedModel, DataSplits, list[LayerSpec]]:
     """The model, its data splits and its layer descriptions (what every accuracy needs)."""
     loaded = load_model(model, weights, input_size=input_size)
@@ -61,7 +62,7 @@ def load_model_and_data(
             f"model {model} needs data to measure accuracy: pass --data imagefolder:PATH "
             "(or use `haq cost`, which needs none)"
         )
-    splits = load_data(spec, image_size=input_size, unlabeled=unlabeled)
+    splits = load_data(spec, image_size=input_size, unlabeled=unlabeled, max_images=max_images)
     if splits.input_shape[0] != loaded.input_shape[0]:
         raise DataError(
             f"model {model} takes {loaded.input_shape[0]}-channel images, data {splits.name} gives "
@@ -81,7 +82,7 @@ def prepare(config: SearchConfig, device: str = "auto") -> Workspace:
     dev = resolve_device(device)  # CUDA asked for and absent: one line before any loading
     hardware = get_hardware(config.hardware)
     loaded, data, layers = load_model_and_data(config.model, config.weights, config.data, config.input_size,
-                                               config.unlabeled)
+                                               config.unlabeled, config.max_images)
     evaluator = Evaluator(loaded.module, data, config.scheme, layers, device=dev)
     table = hardware.cost_table(layers, config.hardware_batch)
     return Workspace(loaded, data, layers, evaluator, hardware, table, CostModel(layers, table))

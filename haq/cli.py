@@ -39,6 +39,7 @@ TopKOpt = Annotated[int, typer.Option("--select-top-k", help="candidates the kl/
 UnlabeledOpt = Annotated[Path | None, typer.Option("--unlabeled", help="folder of extra unlabeled images for the fidelity set (ImageFolder data)")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="measure on N Ray workers (starts a local Ray; pip install 'haq[ray]'); results do not depend on it")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="join an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto)")]
+MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="most images read from an ImageFolder (calib+val+test 20/40/40 %; default 5000)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="a .json or .toml config (e.g. a run's config.json); flags given override it")]
 
@@ -152,6 +153,7 @@ def search(
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
     device: DeviceOpt = "auto",
+    max_images: MaxImagesOpt = None,
 ) -> None:
     """Search per-layer bitwidths under a budget; writes a run directory."""
     from haq.api import search as run_search
@@ -168,6 +170,7 @@ def search(
         opts["tensorboard_dir"] = str(tensorboard)
     flags: dict[str, Any] = dict(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
+        max_images=max_images,
         hardware=hardware, budget=tuple(budget) if budget else None, method=method, seed=seed,
         max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin, calibration=calibration,
         weight_quant=weight_quant, act_quant=act_quant, options=opts, max_accuracy_drop=max_accuracy_drop,
@@ -228,6 +231,7 @@ def compare(
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
     device: DeviceOpt = "auto",
+    max_images: MaxImagesOpt = None,
 ) -> None:
     """Run several methods on the same problem and evaluation limit; write a comparison."""
     from haq.compare import compare as run_compare
@@ -236,6 +240,7 @@ def compare(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     flags: dict[str, Any] = dict(
         model=model, weights=str(weights) if weights else None, data=data, input_size=input_size,
+        max_images=max_images,
         hardware=hardware, budget=tuple(budget) if budget else None, method=names[0] if names else "uniform",
         seed=seed, max_evaluations=max_evaluations, min_bits=min_bits, max_bits=max_bits, pin=pin,
         calibration=calibration, weight_quant=weight_quant, act_quant=act_quant, options={},
@@ -445,9 +450,20 @@ def list_(what: Annotated[str, typer.Argument(help="models, data, hardware, meth
     _console().print(table)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """Warnings on stderr as one line each (no source line): ``haq: warning: ...``."""
+    text = str(message)
+    return f"{text if text.startswith('haq:') else 'haq: warning: ' + text}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit code 2 for every user error, never a traceback."""
+    import warnings
+
     from haq.errors import HaqError
+
+    warnings.formatwarning = _one_line_warning
 
     command = typer.main.get_command(app)
     try:

@@ -50,6 +50,9 @@ class SearchConfig:
     weights: str | None = None  #: state-dict file for the model, loaded with weights_only=True
     data: str | None = None  #: data spec; None = the model's own (digits for the embedded models)
     input_size: int | None = None  #: image height = width, pixels; None = the model's default
+    #: most images an ImageFolder contributes in all (calib + val + test: 20/40/40 %), which
+    #: bounds the memory the splits take (3 x 224 x 224 float32 = 0.6 MB an image); None = 5000
+    max_images: int | None = None
     hardware: str = DEFAULT_HARDWARE  #: hardware model name (see `haq list hardware`)
     hardware_batch: int | None = None  #: images per inference on the hardware; None = its own
     budget: tuple[str, ...] = (DEFAULT_BUDGET,)  #: every item must hold; bare numbers are x uniform 8-bit
@@ -82,6 +85,8 @@ class SearchConfig:
             raise ConfigError(f"--max-accuracy-drop {self.max_accuracy_drop}: give percent points, 0 <= drop < 100 (e.g. 1.0)")
         if self.max_evaluations is not None and self.max_evaluations < 1:
             raise ConfigError(f"--max-evaluations {self.max_evaluations}: must be at least 1")
+        if self.max_images is not None and self.max_images < 3:
+            raise ConfigError(f"--max-images {self.max_images}: must be at least 3 (one image per split)")
         if self.input_size is not None and self.input_size < 1:
             raise ConfigError(f"--input-size {self.input_size}: must be at least 1 pixel")
         if self.hardware_batch is not None and self.hardware_batch < 1:

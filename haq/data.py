@@ -117,6 +117,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+DEFAULT_MAX_IMAGES = 5000  #: images an ImageFolder contributes unless --max-images says otherwise
+
+
 def load_imagefolder(
     root: str | Path,
     image_size: int = 224,
@@ -241,21 +244,23 @@ def load_unlabeled(root: str | Path, image_size: int = 224, max_images: int | No
 
 
 def load_data(
-    spec: str, image_size: int | None = None, calibration_images: int | None = None, unlabeled: str | None = None
+    spec: str, image_size: int | None = None, calibration_images: int | None = None, unlabeled: str | None = None,
+    max_images: int | None = None,
 ) -> DataSplits:
-    """Data from a CLI spec: ``digits`` or ``imagefolder:PATH``; ``unlabeled`` = a folder of
-    extra images for the fidelity set."""
+    """Data from a CLI spec: ``digits`` or ``imagefolder:PATH`` (at most ``max_images`` images,
+    default 5000); ``unlabeled`` = a folder of extra images for the fidelity set."""
     if spec == "digits":
         if unlabeled is not None:
             raise DataError("--unlabeled adds images to an ImageFolder's fidelity set; the digits data uses its "
                             "training images already - drop --unlabeled")
         return load_digits(calibration_images=calibration_images or 256)
     if spec.startswith("imagefolder:"):
-        data = load_imagefolder(spec[len("imagefolder:") :], image_size=image_size or 224)
+        data = load_imagefolder(spec[len("imagefolder:") :], image_size=image_size or 224,
+                                max_images=max_images or DEFAULT_MAX_IMAGES)
         if unlabeled is not None:
             from dataclasses import replace
 
-            data = replace(data, unlabeled=load_unlabeled(unlabeled, image_size or 224))
+            data = replace(data, unlabeled=load_unlabeled(unlabeled, image_size or 224, max_images or DEFAULT_MAX_IMAGES))
         return data
     import difflib
 

@@ -84,7 +84,7 @@ def collect_stats(
     Two passes over the images: ranges first, then histograms over those ranges.
     """
     n = len(layers)
-    observers = [MinMaxObserver() for _ in range(n)]
+    observers = [MinMaxObserver().to(images.device) for _ in range(n)]
     batch_mins: list[list[float]] = [[] for _ in range(n)]
     batch_maxs: list[list[float]] = [[] for _ in range(n)]
     hists = [np.zeros(HIST_BINS) for _ in range(n)]

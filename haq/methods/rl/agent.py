@@ -245,7 +245,7 @@ class HAQDDPG(DDPG):
         self.last_losses: dict[str, float] = {}
         self.threads = threads
         # (online, target) parameter lists of both networks, for the foreach Polyak update
-        self._polyak_pairs = [
+        self._polyak_pairs: list[tuple[list[th.Tensor], list[th.Tensor]]] = [
             (list(self.critic.parameters()), list(self.critic_target.parameters())),
             (list(self.actor.parameters()), list(self.actor_target.parameters())),
         ]
