@@ -103,22 +103,27 @@ def disk_faults(points: int | None, workdir: Path) -> tuple[int, int]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI size: under a minute")
+    parser.add_argument("--methods", help="comma-separated: only these kill-and-resume rows (default: all)")
+    parser.add_argument("--kills-only", action="store_true", help="skip the fuzz and disk-fault figures")
     args = parser.parse_args(argv)
     from tests.kill_resume import COMMANDS
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        methods = ["random"] if args.quick else sorted(COMMANDS)
+        methods = args.methods.split(",") if args.methods else ["random"] if args.quick else sorted(COMMANDS)
         table = kills(methods, 1 if args.quick else 10, work / "kills")
-        cases, tracebacks = fuzz(full=not args.quick)
-        (work / "disk").mkdir()
-        points, invalid = disk_faults(4 if args.quick else None, work / "disk")
+        cases = tracebacks = points = invalid = 0
+        if not args.kills_only:
+            cases, tracebacks = fuzz(full=not args.quick)
+            (work / "disk").mkdir()
+            points, invalid = disk_faults(4 if args.quick else None, work / "disk")
     print(f"{'method':<10} {'kills':>5} {'resumed':>7} {'trials lost':>11} {'identical result':>16}")
     for name, killed, resumed, lost, same in table:
         print(f"{name:<10} {killed:>5} {resumed:>7} {lost:>11} {same:>16}")
-    print(f"fuzz cases run: {cases}   tracebacks seen: {tracebacks}")
-    print(f"disk-fault points tried: {points}   run dirs left invalid: {invalid}")
+    if not args.kills_only:
+        print(f"fuzz cases run: {cases}   tracebacks seen: {tracebacks}")
+        print(f"disk-fault points tried: {points}   run dirs left invalid: {invalid}")
     print(f"({time.perf_counter() - t0:.0f} s; kills counts SIGKILLs that landed before the run ended)")
     bad = tracebacks or invalid or any(lost or resumed != int(same.split("/")[1]) or same.split("/")[0] != same.split("/")[1]
                                        for _, _k, resumed, lost, same in table)

@@ -114,14 +114,19 @@ def reference(name: str, workdir: Path) -> Reference:
 
 
 def kill_and_resume(ref: Reference, workdir: Path, rng: random.Random, k: int) -> Outcome:
-    """SIGKILL a run at a random moment between its first history row and its end, resume it."""
+    """SIGKILL a run at a random point - once its history holds a random number of rows
+    (0 to all of them: the last kills land while the results are written), plus a random
+    fraction of a trial's time - then resume it."""
     out = workdir / f"{ref.name}-kill{k}"
     shutil.rmtree(out, ignore_errors=True)
-    at = rng.uniform(ref.first_row_s * 0.8, ref.seconds)
+    rows = rng.randint(0, ref.trials)
+    extra = rng.uniform(0.0, (ref.seconds - ref.first_row_s) / max(ref.trials, 1))
     proc = subprocess.Popen(_cmd(ref.name, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.monotonic()
-    while proc.poll() is None and time.monotonic() - t0 < at:
+    while proc.poll() is None and sum(len(r) for r in _rows(out).values()) < rows:
         time.sleep(0.01)
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < extra:
+        time.sleep(0.005)
     killed = proc.poll() is None
     if killed:
         proc.send_signal(signal.SIGKILL)
