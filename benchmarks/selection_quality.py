@@ -4,7 +4,7 @@ For each method and problem and seed, one search is run (the methods' proposals 
 on the selection rule), then every rule chooses from the same measured trials:
 
 * ``val`` - the highest validation accuracy (HAQ's rule);
-* ``kl`` / ``agreement`` - the top-8 distinct feasible trials by validation accuracy, re-ranked
+* ``kl`` / ``agreement`` - the top-k (16) distinct feasible trials by validation accuracy, re-ranked
   by KL divergence to / top-1 agreement with fp32 on the fidelity set (every non-test image).
 
 It prints, per method, problem and rule, the mean test accuracy of the chosen policy, its gap

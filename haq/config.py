@@ -70,7 +70,7 @@ class SearchConfig:
     #: how the returned policy is chosen: val (HAQ's: highest validation accuracy), kl or
     #: agreement (the top candidates re-ranked by fidelity to fp32 on every non-test image)
     select: str = DEFAULT_SELECT
-    select_top_k: int = 8  #: candidates the kl/agreement re-ranking looks at
+    select_top_k: int = 16  #: candidates the kl/agreement re-ranking looks at (benchmarks/selection_quality.py)
     unlabeled: str | None = None  #: folder of extra unlabeled images for the fidelity set (ImageFolder data)
 
     def __post_init__(self) -> None:

@@ -188,7 +188,7 @@ class SearchProblem:
     max_evaluations: int = 300
     max_accuracy_drop: float | None = None
     select: str = "val"
-    select_top_k: int = 8
+    select_top_k: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
