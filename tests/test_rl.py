@@ -304,12 +304,13 @@ def test_sigint_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(ws,
 
 def test_sigterm_while_playing_stops_at_once_with_a_checkpoint_of_the_episode_start(ws, tmp_path):
     cfg = config(6, checkpoint_every=0)
+    handler_before = signal.getsignal(signal.SIGTERM)  # Ray, when a test started it, installs its own
     with pytest.raises(SearchInterrupted, match="SIGTERM") as info:
         solve(cfg, ws, checkpoint_dir=tmp_path / "checkpoint",
               on_trial=lambda t: signal.raise_signal(signal.SIGTERM) if t.index == 2 else None)
     assert info.value.signum == signal.SIGTERM
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["episode"] == 2
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == handler_before
 
 
 def test_a_signal_while_learning_is_honoured_after_the_episode_and_a_second_one_at_once():
