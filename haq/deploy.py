@@ -69,6 +69,7 @@ from haq.quant.evaluator import Evaluator
 from haq.quant.graph import OUTPUT_BITS
 from haq.quant.qlayer import quantize_bias
 from haq.quant.quantizers import activation_params, weight_integers
+from haq.simulators.profiling import ort_session as profiling_session
 
 OPSET = 21  #: int4/uint4 QuantizeLinear/DequantizeLinear need opset 21
 FORMATS = ("onnx",)
@@ -381,20 +382,12 @@ def check_model(proto: Any) -> None:
 
 # ----------------------------------------------------------------------------- running it
 def ort_session(model: Any, threads: int = 1) -> Any:
-    """An ONNX Runtime CPU session of ``model`` (a proto, bytes or a path), ``threads``
-    intra-op threads, full graph optimisation (QDQ fusion), sequential execution."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
+    """An ONNX Runtime CPU session of ``model`` (a proto, bytes or a path): the session the
+    ``cpu`` hardware model times layers with (:func:`haq.simulators.profiling.ort_session`)."""
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else (
         Path(model).read_bytes() if isinstance(model, str | os.PathLike) else model
     )
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return profiling_session(data, threads)
 
 
 def ort_logits(session: Any, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
