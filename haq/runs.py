@@ -245,8 +245,10 @@ def summary_markdown(result: SearchResult, config: dict[str, Any]) -> str:
 
 _RULES = {
     "val": "the highest validation accuracy (HAQ's rule)",
-    "kl": "the lowest KL divergence to fp32 on the fidelity set among the top candidates by validation accuracy",
-    "agreement": "the highest top-1 agreement with fp32 on the fidelity set among the top candidates by validation accuracy",
+    "kl": "the lowest KL divergence to fp32 on the fidelity set among the top candidates within one standard error "
+          "of the best validation accuracy",
+    "agreement": "the highest top-1 agreement with fp32 on the fidelity set among the top candidates within one "
+                 "standard error of the best validation accuracy",
 }
 
 
@@ -267,19 +269,20 @@ def _selection_lines(result: SearchResult) -> list[str]:
     rows = result.extras.get("selection") or []
     if not rows:
         return []
-    top = max(r["val_accuracy"] for r in rows)
     n = int(rows[0].get("val_n") or 0)
     out = ["", "## The candidates re-ranked (validation accuracy is noisy; KL/agreement on the fidelity set are not)", "",
-           "| trial | val accuracy | KL to fp32 | top-1 agreement | within noise of the best val | chosen |",
+           "Eligible: within one standard error of the best validation accuracy (a smaller difference is not",
+           "evidence on this split); the eligible one closest to fp32 is chosen.", "",
+           "| trial | val accuracy | KL to fp32 | top-1 agreement | eligible | chosen |",
            "|---|---|---|---|---|---|"]
     for r in rows:
         ci = ""
         if n:
             lo, hi = wilson_interval(r["val_accuracy"], n)
             ci = f" [{100 * lo:.1f}-{100 * hi:.1f}]"
-        noise = "yes" if n and within_noise(r["val_accuracy"], top, n) else "no"
+        eligible = "yes" if r.get("eligible", True) else "no"
         out.append(f"| {r['trial']} | {100 * r['val_accuracy']:.2f}%{ci} | {r['kl']:.4f} | {100 * r['agreement']:.2f}% | "
-                   f"{noise} | {'**yes**' if r['chosen'] else ''} |")
+                   f"{eligible} | {'**yes**' if r['chosen'] else ''} |")
     return out
 
 

@@ -44,6 +44,16 @@ def resolvable_difference(accuracy: float, n: int) -> float:
     return (hi - lo) / 2
 
 
+def standard_error(accuracy: float, n: int) -> float:
+    """One standard error of ``accuracy`` on ``n`` images, in [0, 1]: the Wilson interval's
+    half-width over z (so it never collapses to 0 at 0 % or 100 %, where it is about one image).
+
+    >>> round(standard_error(0.978, 359) * 359, 1)  # images
+    2.9
+    """
+    return resolvable_difference(accuracy, n) / Z95
+
+
 def accuracy_text(metrics: Mapping[str, Any], name: str = "accuracy") -> str:
     """``metrics[name]`` as ``97.22% [95.0-98.5, n=360]`` (95 % Wilson interval and split size),
     from a policy's metrics; ``n/a`` when missing."""

@@ -13,7 +13,8 @@ from haq.api import prepare
 from haq.config import SearchConfig
 from haq.data import load_data, load_digits
 from haq.errors import ConfigError, DataError
-from haq.stats import resolvable_difference, wilson_interval, within_noise
+from haq.methods.base import rerank
+from haq.stats import resolvable_difference, standard_error, wilson_interval, within_noise
 from tests.conftest import run_cli, solve
 from tests.test_data import _make_imagefolder
 
@@ -61,22 +62,45 @@ def test_fidelity_of_the_float_model_is_perfect_and_lower_bits_drift_away(ws):
 
 
 # ----- the selection rule ----------------------------------------------------------------------
-def test_kl_re_ranks_the_top_candidates_by_validation_accuracy(ws):
+def test_kl_re_ranks_the_top_candidates_within_one_standard_error(ws):
     _, ledger, result = solve(config("kl", select_top_k=5), ws)
     rows = result.extras["selection"]
     assert len(rows) == 5 and sum(r["chosen"] for r in rows) == 1
     chosen = next(r for r in rows if r["chosen"])
-    assert chosen["kl"] == min(r["kl"] for r in rows)
+    best_val = max(r["val_accuracy"] for r in rows)
+    margin = standard_error(best_val, ledger.split_size("val"))
+    for r in rows:
+        assert r["eligible"] == (best_val - r["val_accuracy"] <= margin + 1e-12)
+    assert chosen["eligible"] and chosen["kl"] == min(r["kl"] for r in rows if r["eligible"])
     top_val = sorted({t.accuracy for t in ledger.trials if t.feasible}, reverse=True)
     assert min(r["val_accuracy"] for r in rows) >= top_val[min(4, len(top_val) - 1)] - 1e-12
     assert result.best_policy.search["select"] == "kl"
     assert result.best_policy.metrics["val_accuracy"] == chosen["val_accuracy"]
 
 
-def test_agreement_picks_the_highest_top1_agreement(ws):
+def test_agreement_picks_the_highest_top1_agreement_among_the_eligible(ws):
     _, _, result = solve(config("agreement", select_top_k=4), ws)
     rows = result.extras["selection"]
-    assert next(r for r in rows if r["chosen"])["agreement"] == max(r["agreement"] for r in rows)
+    chosen = next(r for r in rows if r["chosen"])
+    assert chosen["agreement"] == max(r["agreement"] for r in rows if r["eligible"])
+
+
+def test_candidates_validation_separates_are_not_re_ranked():
+    """359 validation images, best at 351 correct: one standard error is ~2.9 images, so a
+    candidate 4 images behind is not eligible however close to fp32 it is, one 2 behind is."""
+    n = 359
+    val = [351 / n, 349 / n, 347 / n]
+    chosen, eligible = rerank("kl", val, kl=[0.20, 0.19, 0.01], agreement=[0.98, 0.98, 0.99], n_val=n)
+    assert eligible == [True, True, False] and chosen == 1
+    chosen, _ = rerank("agreement", val, kl=[0.2, 0.1, 0.0], agreement=[0.981, 0.980, 0.999], n_val=n)
+    assert chosen == 0  # ties and near-ties: the first (the higher validation accuracy)
+
+
+def test_one_standard_error_never_collapses_at_perfect_accuracy():
+    """At 100 % validation accuracy p(1-p) is 0; the Wilson-based error stays about one image."""
+    assert standard_error(1.0, 359) * 359 == pytest.approx(0.97, abs=0.01)
+    _, eligible = rerank("kl", [1.0, 358 / 359, 357 / 359], [0.1, 0.0, 0.0], [1.0, 1.0, 1.0], 359)
+    assert eligible == [True, False, False]
 
 
 def test_val_keeps_hags_rule_and_measures_no_fidelity(ws):
