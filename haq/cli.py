@@ -34,7 +34,7 @@ CalibOpt = Annotated[str, typer.Option("--calibration", help="minmax, avg-minmax
 WeightQuantOpt = Annotated[str, typer.Option("--weight-quant", help="symmetric|asymmetric|power-of-two - per-channel|per-tensor")]
 ActQuantOpt = Annotated[str, typer.Option("--act-quant", help="asymmetric|symmetric|unsigned|power-of-two -per-tensor")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
-SelectOpt = Annotated[str, typer.Option("--select", help="how the returned policy is chosen: kl (default: the top candidates by validation accuracy re-ranked by KL to fp32 on every non-test image), agreement, or val (HAQ's: highest validation accuracy)")]
+SelectOpt = Annotated[str, typer.Option("--select", help="how the returned policy is chosen: kl (default: of the top candidates by validation accuracy, those within one standard error of the best, re-ranked by KL to fp32 on every non-test image), agreement, or val (HAQ's: highest validation accuracy)")]
 TopKOpt = Annotated[int, typer.Option("--select-top-k", help="candidates the kl/agreement re-ranking looks at")]
 UnlabeledOpt = Annotated[Path | None, typer.Option("--unlabeled", help="folder of extra unlabeled images for the fidelity set (ImageFolder data)")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="measure on N Ray workers (starts a local Ray; pip install 'haq[ray]'); results do not depend on it")]

@@ -168,10 +168,11 @@ class SearchProblem:
             percent points of fp32. None = the most accurate policy within the budget.
         select: how the returned policy is chosen among the measured ones (the most accurate
             question): ``val`` (highest validation accuracy, HAQ's rule), ``kl`` or
-            ``agreement`` (the ``select_top_k`` distinct feasible policies with the highest
-            validation accuracy, re-ranked by KL divergence to / top-1 agreement with the
-            float model on the fidelity set - low-variance signals on every image a search
-            may see).
+            ``agreement`` (of the ``select_top_k`` distinct feasible policies with the highest
+            validation accuracy, those within one standard error of the best are re-ranked by
+            KL divergence to / top-1 agreement with the float model on the fidelity set -
+            low-variance signals on every image a search may see; see
+            :func:`haq.methods.base.rerank`).
         select_top_k: candidates the re-ranking looks at.
     """
 
