@@ -131,7 +131,8 @@ class HAQReplayBuffer(ReplayBuffer):
             self.dones[inds, 0].reshape(-1, 1),
             self.rewards[inds, 0].reshape(-1, 1),
         )
-        return ReplayBufferSamples(*tuple(map(self.to_torch, data)))
+        # fancy indexing made fresh arrays: wrap them (SB3's to_torch copies them once more)
+        return ReplayBufferSamples(*(th.as_tensor(x, device=self.device) for x in data))
 
     # The buffer's contents as plain arrays, for numpy.savez (never pickled).
     _ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
@@ -192,7 +193,10 @@ class HAQDDPG(DDPG):
             spends its capacity on that offset.
         device: torch device of the networks.
         threads: torch intra-op threads while the agent computes (see :func:`torch_threads`;
-            None leaves the process's setting).
+            None leaves the process's setting). One thread by default: on an idle 2-core
+            machine two threads make one 64x300x300 product 1.6x faster, but as soon as
+            another process holds a core OpenMP's threads wait on each other and it is 14x
+            slower (measured); ``--option agent_threads=2`` on a dedicated machine.
         fused_adam: Adam's fused kernel (one pass over each parameter instead of seven
             element-wise ops): the same update rule, its float results differ from the
             per-tensor implementation in the last bits.
@@ -275,10 +279,14 @@ class HAQDDPG(DDPG):
         follows each transition stored."""
         r = np.array([final_reward], dtype=np.float32)
         with torch_threads(self.threads):
+            if learn:
+                self.policy.set_training_mode(True)
             for t in transitions:
                 self.buffer.add(t.obs[None], t.next_obs[None], t.action[None], r, np.array([t.done]), [{}])
                 if learn:
-                    self.train(gradient_steps=1, batch_size=self.batch_size)
+                    self._gradient_step(self.batch_size)
+            if learn:
+                self.policy.set_training_mode(False)
 
     @th.no_grad()
     def _polyak(self) -> None:
@@ -299,32 +307,36 @@ class HAQDDPG(DDPG):
         """
         self.policy.set_training_mode(True)
         for _ in range(gradient_steps):
-            self._n_updates += 1
-            batch = self.buffer.sample(batch_size)
-            mean_r = float(batch.rewards.mean())
-            if self.reward_baseline is None:
-                self.reward_baseline = mean_r
-            else:
-                self.reward_baseline += self.baseline_alpha * (mean_r - self.reward_baseline)
-            with th.no_grad():
-                next_q = self.critic_target(batch.next_observations, self.actor_target(batch.next_observations))[0]
-                target = (batch.rewards - self.reward_baseline) + (1.0 - batch.dones) * self.gamma * next_q
-            q = self.critic(batch.observations, batch.actions)[0]
-            critic_loss = F.mse_loss(q, target)
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self.critic.optimizer.step()
-
-            # The actor's gradient flows through the critic; the critic's own weight gradients
-            # of this loss are never used (HAQ zeroes them before the next critic step), so
-            # they are not computed: same update, ~15% less work per step.
-            self.critic.requires_grad_(False)
-            actor_loss = -self.critic.q1_forward(batch.observations, self.actor(batch.observations)).mean()
-            self.actor.optimizer.zero_grad()
-            actor_loss.backward()
-            self.actor.optimizer.step()
-            self.critic.requires_grad_(True)
-
-            self._polyak()
-            self.last_losses = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
+            self._gradient_step(batch_size)
         self.policy.set_training_mode(False)
+
+    def _gradient_step(self, batch_size: int) -> None:
+        """One step of :meth:`train` (the networks already in training mode)."""
+        self._n_updates += 1
+        batch = self.buffer.sample(batch_size)
+        mean_r = float(batch.rewards.mean())
+        if self.reward_baseline is None:
+            self.reward_baseline = mean_r
+        else:
+            self.reward_baseline += self.baseline_alpha * (mean_r - self.reward_baseline)
+        with th.no_grad():
+            next_q = self.critic_target(batch.next_observations, self.actor_target(batch.next_observations))[0]
+            target = (batch.rewards - self.reward_baseline) + (1.0 - batch.dones) * self.gamma * next_q
+        q = self.critic(batch.observations, batch.actions)[0]
+        critic_loss = F.mse_loss(q, target)
+        self.critic.optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic.optimizer.step()
+
+        # The actor's gradient flows through the critic; the critic's own weight gradients
+        # of this loss are never used (HAQ zeroes them before the next critic step), so
+        # they are not computed: same update, ~15% less work per step.
+        self.critic.requires_grad_(False)
+        actor_loss = -self.critic.q1_forward(batch.observations, self.actor(batch.observations)).mean()
+        self.actor.optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor.optimizer.step()
+        self.critic.requires_grad_(True)
+
+        self._polyak()
+        self.last_losses = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
