@@ -189,8 +189,12 @@ def rerank(rule: str, val_accuracy: Sequence[float], kl: Sequence[float], agreem
     Candidates are given best validation accuracy first (ties: lower cost first). Eligible
     are those within one standard error of the best validation accuracy (the "one-standard-
     error rule" of model selection: a smaller difference is not evidence on ``n_val`` images;
-    :func:`~haq.stats.standard_error`); among them ``kl`` takes the lowest mean KL divergence
-    to fp32, ``agreement`` the highest top-1 agreement (ties: the earlier candidate).
+    :func:`~haq.stats.standard_error`), and never less than one image: one image is the
+    smallest difference a split can show, and at 100 % the standard error (0.97 images on
+    359) would leave the best alone, though a maximum over hundreds of policies is
+    optimistic there most of all. Among the eligible ``kl`` takes the lowest mean KL
+    divergence to fp32, ``agreement`` the highest top-1 agreement (ties: the earlier
+    candidate).
 
     Why the filter: KL and agreement are low-variance, but they measure closeness to fp32,
     not accuracy; among policies the validation split cannot tell apart they pick the better
@@ -201,7 +205,7 @@ def rerank(rule: str, val_accuracy: Sequence[float], kl: Sequence[float], agreem
     if not val_accuracy:
         raise ValueError("rerank needs at least one candidate")
     top = max(val_accuracy)
-    margin = standard_error(top, n_val)
+    margin = max(standard_error(top, n_val), 1.0 / max(n_val, 1))
     eligible = [top - v <= margin + 1e-12 for v in val_accuracy]
     signal = kl if rule == "kl" else [-a for a in agreement]
     chosen = min((i for i, ok in enumerate(eligible) if ok), key=lambda i: (signal[i], i))
