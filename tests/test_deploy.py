@@ -221,3 +221,31 @@ def test_verify_puts_measured_latency_beside_the_cpu_prediction(tmp_path, worksp
     assert out["rows"][0]["searched_ms"] == 0.03 and out["threads"] == 1
     other = run_cli("verify", str(tmp_path), "--threads", "1")
     assert other.returncode == 2 and "no policy.json" in other.stderr
+
+
+def test_activation_quantizer_rounds_half_steps_as_onnx_runtime_quantize_linear():
+    """ONNX Runtime divides by the scale; a float32 reciprocal (torch's fake quant) puts some
+    values that lie on half steps on the other side (measured 7.6 % of them)."""
+    from onnx import helper, numpy_helper
+
+    from haq.quant.qlayer import ActivationQuantizer
+    from haq.quant.quantizers import activation_params
+
+    s, z, qmin, qmax = activation_params(-0.37, 2.9, 8, "asymmetric")
+    s32 = np.float32(s)
+    steps = torch.arange(qmin - z - 2, qmax - z + 2, dtype=torch.float64) + 0.5
+    x = (steps[None, :] * float(s32) * (1 + torch.linspace(-3e-7, 3e-7, 13, dtype=torch.float64)[:, None])).float()
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])], "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, list(x.shape))],
+        [numpy_helper.from_array(np.array(s32), "s"), numpy_helper.from_array(np.array(z, np.uint8), "z")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    ort_q = ort_session(proto).run(None, {"x": x.numpy()})[0].astype(np.float32) - z
+    quantizer = ActivationQuantizer()
+    quantizer.set_activation((s, z, qmin, qmax))
+    ours = torch.round(quantizer.quantize(x) / float(s32)).numpy()
+    assert np.array_equal(ours, ort_q)
+    reciprocal = torch.fake_quantize_per_tensor_affine(x, float(s32), int(z), int(qmin), int(qmax))
+    assert not torch.equal(torch.round(reciprocal / float(s32)), torch.from_numpy(ort_q))  # the old rule differs
