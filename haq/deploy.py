@@ -663,9 +663,11 @@ def export(
 
 
 # ----------------------------------------------------------------------------- measured latency
-def generated_data(input_shape: Sequence[int], classes: int = 10, images: int = 64, seed: int = 0) -> DataSplits:
+def generated_data(input_shape: Sequence[int], classes: int = 10, images: int = 64, seed: int = 0,
+                   test: int = 8) -> DataSplits:
     """Random normal images (and labels) for models without data: enough to calibrate an
-    export whose accuracy nobody reads (kernel time does not depend on the values)."""
+    export whose accuracy nobody reads (kernel time does not depend on the values);
+    ``images`` calibration images, 8 validation and ``test`` test images."""
     from haq.data import Split
 
     g = torch.Generator().manual_seed(seed)
@@ -674,7 +676,23 @@ def generated_data(input_shape: Sequence[int], classes: int = 10, images: int = 
     def split(n: int) -> Split:
         return Split(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g))
 
-    return DataSplits("generated", (shape[0], shape[1], shape[2]), classes, calib=split(images), val=split(8), test=split(8))
+    return DataSplits("generated", (shape[0], shape[1], shape[2]), classes, calib=split(images), val=split(8),
+                      test=split(test))
+
+
+def set_batchnorm_statistics(model: nn.Module, x: torch.Tensor) -> None:
+    """Set ``model``'s BatchNorm running statistics to those of images ``x`` (in place), as
+    training would: a randomly initialised network then normalises its activations like a
+    trained one (at initialisation MobileNetV2's logits are ~1e-9 apart, every top-1 a
+    float tie; with its activations normalised they are O(1))."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
 
 
 def latency_ms(model: Any, input_shape: Sequence[int], batch: int = 1, threads: int = 1, repeats: int = 30,
