@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -10,8 +11,17 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from haq.data import DataSplits, Split
-from haq.deploy import agreement, build_qdq_model, check_model, export, ort_logits, ort_session
+from haq.deploy import (
+    agreement,
+    build_qdq_model,
+    check_model,
+    compare_tensors,
+    export,
+    generated_data,
+    ort_logits,
+    ort_session,
+    set_batchnorm_statistics,
+)
 from haq.layers import describe
 from haq.models import load_model
 from haq.policy import Policy
@@ -61,55 +71,56 @@ def test_onnx_runtime_agrees_with_fake_quant_on_the_test_split(workspaces, searc
     assert a.accuracy_gap_images <= 1
 
 
-def _random_splits(shape: tuple[int, int, int], n: int, classes: int, seed: int) -> DataSplits:
-    g = torch.Generator().manual_seed(seed)
+def _random_workspace(arch: str, images: int) -> tuple[Evaluator, list]:
+    """As benchmarks/deploy_agreement.py: 64x64, random weights (seed 0), BatchNorm statistics
+    of 32 generated images, ``images`` generated test images, 1000 classes."""
+    torch.manual_seed(0)
+    loaded = load_model(arch, input_size=64)
+    data = generated_data(loaded.input_shape, classes=1000, images=32, seed=1, test=images)
+    set_batchnorm_statistics(loaded.module, data.calib.x)
+    layers = describe(loaded.module, loaded.input_shape)
+    return Evaluator(loaded.module, data, None, layers, compile=False), layers
 
-    def split(k: int) -> Split:
-        return Split(torch.randn(k, *shape, generator=g), torch.randint(0, classes, (k,), generator=g))
 
-    return DataSplits("generated", shape, classes, calib=split(32), val=split(8), test=split(n))
-
-
-def _set_batchnorm_statistics(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """BatchNorm running statistics of ``x``: at random initialisation MobileNetV2's logits
-    are ~1e-9 apart (every top-1 a float tie); with its activations normalised they are O(1),
-    as in a trained network."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
+def _float_noise_floor(ev: Evaluator, policy: Policy) -> float:
+    """Top-1 agreement of the evaluator with itself in the other memory format or in float64,
+    whichever is lower: what two float implementations of the same fake quant agree on."""
+    ref = ev.logits(policy.w_bits, policy.a_bits, "test").argmax(1)
+    x = ev.data.test.x
+    other = torch.contiguous_format if ev.memory_format == torch.channels_last else torch.channels_last
+    with torch.inference_mode():
+        fmt = copy.deepcopy(ev.qmodel).to(memory_format=other)(x.contiguous(memory_format=other)).argmax(1)
+        f64 = copy.deepcopy(ev.qmodel).double()(x.double()).argmax(1)
+    return min(float((fmt == ref).float().mean()), float((f64 == ref).float().mean()))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
-def test_torchvision_models_with_random_weights_follow_fake_quant_not_fp32(arch):
-    """Untrained networks are chaotic: a one-LSB rounding flip (ONNX Runtime and torch sum a
-    conv in different orders, so a value within ~1e-7 of a rounding boundary can land on
-    either side) grows to a changed top-1 on some images. Measured at 64x64, 300 images:
-    ResNet-18 96 % (uniform 8) and 94 % (mixed), MobileNetV2 91 % and 83 % top-1 agreement
-    with fake quant, against 80/28 % and 31/8 % between fake quant and fp32; trained models
-    agree on every image (test above)."""
-    torch.manual_seed(0)
-    loaded = load_model(arch, input_size=64)
-    data = _random_splits(loaded.input_shape, 100, 1000, seed=1)
-    _set_batchnorm_statistics(loaded.module, data.calib.x)
-    layers = describe(loaded.module, loaded.input_shape)
-    ev = Evaluator(loaded.module, data, None, layers, compile=False)
-    n = len(layers)
-    fp32 = ev.logits([32] * n, [32] * n, "test").argmax(1).numpy()
+def test_torchvision_models_with_random_weights_compute_what_onnx_runtime_computes(arch):
+    """Teacher-forced (each evaluator quantizer fed ONNX Runtime's integers of its tensor),
+    the evaluator and the exported model agree on the top-1 of every image and on every
+    quantized element but ~1 in 250,000, which differ by one step (float summation order at a
+    rounding boundary): no systematic mismatch. Free-running, untrained networks amplify
+    those few one-step differences (ResNet-18 uniform 8: 5e-6 of conv1's outputs differ, 46 %
+    of the classifier's inputs) into changed top-1s on images with near-tied logits. Measured
+    at 64x64, 300 generated images (benchmarks/deploy_agreement.py): ResNet-18 96.0 % (uniform
+    8) / 94.3 % (mixed), MobileNetV2 91.0 % / 83.3 % top-1 agreement - the issue's 99 % is not
+    reached. The float noise floor is no higher: the evaluator agrees with itself in the other
+    memory format (another summation order) on 94.7 / 94.0 / 96.0 / 84.0 % and in float64 on
+    97.3 / 94.7 / 90.7 / 75.3 %; trained models agree on every image (test above)."""
+    ev, layers = _random_workspace(arch, 100)
     rng = np.random.default_rng(0)
-    mixed = Policy.from_bits(layers, rng.choice([4, 6, 8], n), rng.choice([6, 8], n))
+    mixed = Policy.from_bits(layers, rng.choice([4, 6, 8], len(layers)), rng.choice([6, 8], len(layers)))
     for policy in (Policy.uniform(layers, 8), mixed):
         proto, _, _ = build_qdq_model(ev, policy)
         check_model(proto)
-        a = agreement(ev, policy, proto, "test")
-        fq = ev.logits(policy.w_bits, policy.a_bits, "test").argmax(1).numpy()
-        assert a.agreement >= 0.75
-        assert 1 - a.agreement <= (1 - float((fq == fp32).mean())) / 2
+        forced = compare_tensors(ev, policy, proto, "test", forced=True)
+        assert forced.agreement >= 0.99
+        assert forced.max_steps == 1 and forced.fraction <= 1e-4
+        free = compare_tensors(ev, policy, proto, "test", forced=False)
+        worse_floor = 1 - _float_noise_floor(ev, policy)
+        assert 1 - free.agreement <= 2 * worse_floor + 0.01
+        assert free.agreement >= 0.75
 
 
 def test_containers_follow_the_bits_and_float_layers_stay_float(workspaces):
@@ -249,3 +260,18 @@ def test_activation_quantizer_rounds_half_steps_as_onnx_runtime_quantize_linear(
     assert np.array_equal(ours, ort_q)
     reciprocal = torch.fake_quantize_per_tensor_affine(x, float(s32), int(z), int(qmin), int(qmax))
     assert not torch.equal(torch.round(reciprocal / float(s32)), torch.from_numpy(ort_q))  # the old rule differs
+
+
+def test_tensor_comparison_points_at_the_tensor_of_a_systematic_mismatch(workspaces):
+    ev, layers = workspaces["digits-resnet"]
+    policy = Policy.uniform(layers, 8)
+    proto, _, _ = build_qdq_model(ev, policy)
+    clean = compare_tensors(ev, policy, proto, "test", forced=True)
+    assert clean.agreement == 1.0 and clean.max_steps <= 1 and clean.fraction <= 1e-4
+    target = f"{layers[3].name}/input"
+    q = next(n for n in proto.graph.node if n.name == f"{target}/QuantizeLinear")
+    scale = next(t for t in proto.graph.initializer if t.name == q.input[1])
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(1.03), scale.name))
+    bad = compare_tensors(ev, policy, proto, "test", forced=True)
+    first = next(t for t in bad.tensors if t.fraction > 1e-3)  # the first systematic difference
+    assert first.tensor == target and first.fraction > 0.05
