@@ -210,9 +210,10 @@ def build_qdq_model(
     def source(name: str) -> str:
         return alias.get(name, name)
 
-    by_weight: dict[str, Any] = {}
+    by_weight: dict[str, Any] = {}  # a layer's weight name -> the Conv/Gemm reading it
     for node in graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
+            by_weight.setdefault(node.input[1], node)  # its own name (equal weights: an alias of another)
             by_weight.setdefault(source(node.input[1]), node)
     new_nodes: dict[int, list[Any]] = {}  # id(node) -> nodes to insert before it
     after: dict[int, list[Any]] = {}  # id(node) -> nodes to insert after it
@@ -228,7 +229,7 @@ def build_qdq_model(
     for i, spec in enumerate(layers):
         wname = f"{spec.name}.weight"
         node = by_weight.get(wname)
-        if node is None or wname not in inits:
+        if node is None or source(wname) not in inits:
             raise ModelError(
                 f"cannot export layer {spec.name}: the ONNX graph has no Conv/Gemm reading {wname}; "
                 "export a model whose layers are nn.Conv2d/nn.Linear modules called once"
@@ -467,12 +468,11 @@ def _quantizer_nodes(proto: Any, evaluator: Evaluator) -> tuple[dict[str, str], 
     ``({node name: output tensor}, {layer: node of its input}, {layer: node of its output})``."""
     graph = proto.graph
     producer = {o: n for n in graph.node for o in n.output}
-    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
     q_nodes = {n.name: n.output[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     by_weight = {}
     for n in graph.node:
         if n.op_type in ("Conv", "Gemm") and len(n.input) > 1:
-            w = alias.get(n.input[1], n.input[1])
+            w = n.input[1]  # the layer's own weight name (or its quantized/fp16 version)
             for suffix in ("_dq", "_fp16"):
                 w = w.removesuffix(suffix)
             by_weight[w] = n

@@ -275,3 +275,24 @@ def test_tensor_comparison_points_at_the_tensor_of_a_systematic_mismatch(workspa
     bad = compare_tensors(ev, policy, proto, "test", forced=True)
     first = next(t for t in bad.tensors if t.fraction > 1e-3)  # the first systematic difference
     assert first.tensor == target and first.fraction > 0.05
+
+
+def test_layers_with_equal_weights_export_each_with_its_own_quantizers():
+    """The ONNX exporter shares equal initializers (zero-initialised residual branches, tied
+    layers) through Identity nodes; each layer is still found and quantized."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10),
+    ).eval()
+    with torch.no_grad():
+        model[4].weight.copy_(model[2].weight)
+        model[4].bias.copy_(model[2].bias)
+    data = generated_data((3, 8, 8), classes=10, images=32, seed=1, test=64)
+    layers = describe(model, data.input_shape)
+    ev = Evaluator(model, data, None, layers, compile=False)
+    policy = Policy.from_bits(layers, [8, 8, 4, 8], [8, 8, 6, 8])
+    proto, quantized, _ = build_qdq_model(ev, policy)
+    check_model(proto)
+    assert {q.layer for q in quantized if q.role == "weight"} == {s.name for s in layers}
+    assert agreement(ev, policy, proto, "test").agreement == 1.0
