@@ -37,7 +37,15 @@ import torch
 
 import haq
 from haq.data import load_digits
-from haq.deploy import agreement, build_qdq_model, compare_tensors, generated_data, set_batchnorm_statistics
+from haq.deploy import (
+    agreement,
+    build_qdq_model,
+    compare_tensors,
+    generated_data,
+    ort_logits,
+    ort_session,
+    set_batchnorm_statistics,
+)
 from haq.layers import describe
 from haq.models import load_model
 from haq.policy import Policy
@@ -61,6 +69,19 @@ def mixed_policy(layers: list) -> Policy:
     rng = np.random.default_rng(0)
     n = len(layers)
     return Policy.from_bits(layers, rng.choice([4, 6, 8], n), rng.choice([6, 8], n))
+
+
+def ort_unoptimised(proto: object, x: torch.Tensor) -> np.ndarray:
+    """Logits of ``proto`` in ONNX Runtime with graph optimisations off (every QDQ pair run
+    as QuantizeLinear/DequantizeLinear around an fp32 Conv: no integer kernels)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    return ort_logits(session, x)
 
 
 def noise_floor(ev: Evaluator, policy: Policy) -> tuple[float, float]:
@@ -97,6 +118,23 @@ def main() -> int:
         print(f"{model:<24} {label:<10} {free.images:>6} {100 * free.agreement:>6.1f}% {100 * forced.agreement:>6.1f}% "
               f"{free.fraction:>10.1e} / {forced.fraction:.1e} {forced.max_steps:>8} {floor_s:>22} "
               f"{100 * acc.ort_accuracy:>6.2f}/{100 * acc.fake_quant_accuracy:.2f}", flush=True)
+        if random:
+            x = ev.data.test.x
+            fq = ev.logits(policy.w_bits, policy.a_bits, "test")
+            top2 = fq.topk(2, 1).values
+            margin = ((top2[:, 0] - top2[:, 1]) / fq.std(1)).numpy()
+            ort_pred = ort_logits(ort_session(proto), x).argmax(1)
+            changed = fq.argmax(1).numpy() != ort_pred
+            self_agree = float((ort_unoptimised(proto, x).argmax(1) == ort_pred).mean())
+            first = next((t for t in free.tensors if t.differing), free.tensors[0])
+            later = free.tensors[free.tensors.index(first) + 1 :]
+            step = max(1, len(later) // 4)
+            depth = [first, *later[step - 1 :: step]]
+            if depth[-1] is not free.tensors[-1]:
+                depth.append(free.tensors[-1])
+            print(f"{'':<24}   ORT vs ORT without optimiser {100 * self_agree:.1f} %; top-1 margin / logit std: median "
+                  f"{np.median(margin):.2f}, on changed images max {margin[changed].max(initial=0):.2f}; free "
+                  "elements differing by depth, from the first that differs: " + ", ".join(f"{t.tensor} {t.fraction:.0e}" for t in depth))
         name = f"{model} {label}"
         if forced.agreement < FORCED_TARGET or forced.max_steps > 1 or forced.fraction > LOCAL_FRACTION:
             failures.append(f"{name}: forced {forced.agreement:.3f}, max step {forced.max_steps}, "
