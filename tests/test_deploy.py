@@ -99,15 +99,17 @@ def _float_noise_floor(ev: Evaluator, policy: Policy) -> float:
 def test_torchvision_models_with_random_weights_compute_what_onnx_runtime_computes(arch):
     """Teacher-forced (each evaluator quantizer fed ONNX Runtime's integers of its tensor),
     the evaluator and the exported model agree on the top-1 of every image and on every
-    quantized element but ~1 in 250,000, which differ by one step (float summation order at a
-    rounding boundary): no systematic mismatch. Free-running, untrained networks amplify
-    those few one-step differences (ResNet-18 uniform 8: 5e-6 of conv1's outputs differ, 46 %
-    of the classifier's inputs) into changed top-1s on images with near-tied logits. Measured
-    at 64x64, 300 generated images (benchmarks/deploy_agreement.py): ResNet-18 96.0 % (uniform
-    8) / 94.3 % (mixed), MobileNetV2 91.0 % / 83.3 % top-1 agreement - the issue's 99 % is not
-    reached. The float noise floor is no higher: the evaluator agrees with itself in the other
-    memory format (another summation order) on 94.7 / 94.0 / 96.0 / 84.0 % and in float64 on
-    97.3 / 94.7 / 90.7 / 75.3 %; trained models agree on every image (test above)."""
+    quantized element but at most 1 in 230,000, which differ by one step (float summation
+    order at a rounding boundary): no systematic mismatch. Free-running, untrained networks
+    amplify those few one-step differences (ResNet-18 uniform 8: 5e-6 of conv1's outputs
+    differ, 40 % of the classifier's inputs) into changed top-1s on images with near-tied
+    logits. Measured at 64x64, 300 generated images (benchmarks/deploy_agreement.py):
+    ResNet-18 97.0 % (uniform 8) / 95.0 % (mixed), MobileNetV2 91.3 % / 86.0 % top-1
+    agreement - the issue's 99 % is not reached, and cannot be by a float evaluator: the
+    evaluator agrees with itself in the other memory format (another summation order) on
+    94.3 / 93.0 / 95.0 / 86.0 % and in float64 on 97.7 / 95.3 / 90.0 / 76.3 %. Trained models
+    agree on every image (test above). Asserted: forced >= 99 % with one-step local
+    differences only; free-running within twice the noise floor's disagreement (+1 point)."""
     ev, layers = _random_workspace(arch, 100)
     rng = np.random.default_rng(0)
     mixed = Policy.from_bits(layers, rng.choice([4, 6, 8], len(layers)), rng.choice([6, 8], len(layers)))
