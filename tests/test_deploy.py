@@ -238,7 +238,7 @@ def test_verify_puts_measured_latency_beside_the_cpu_prediction(tmp_path, worksp
 
 def test_activation_quantizer_rounds_half_steps_as_onnx_runtime_quantize_linear():
     """ONNX Runtime divides by the scale; a float32 reciprocal (torch's fake quant) puts some
-    values that lie on half steps on the other side (measured 7.6 % of them)."""
+    values near half steps on the other side."""
     from onnx import helper, numpy_helper
 
     from haq.quant.qlayer import ActivationQuantizer
