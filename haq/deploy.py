@@ -210,9 +210,10 @@ def build_qdq_model(
     def source(name: str) -> str:
         return alias.get(name, name)
 
-    by_weight: dict[str, Any] = {}
+    by_weight: dict[str, Any] = {}  # a layer's weight name -> the Conv/Gemm reading it
     for node in graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
+            by_weight.setdefault(node.input[1], node)  # its own name (equal weights: an alias of another)
             by_weight.setdefault(source(node.input[1]), node)
     new_nodes: dict[int, list[Any]] = {}  # id(node) -> nodes to insert before it
     after: dict[int, list[Any]] = {}  # id(node) -> nodes to insert after it
@@ -228,7 +229,7 @@ def build_qdq_model(
     for i, spec in enumerate(layers):
         wname = f"{spec.name}.weight"
         node = by_weight.get(wname)
-        if node is None or wname not in inits:
+        if node is None or source(wname) not in inits:
             raise ModelError(
                 f"cannot export layer {spec.name}: the ONNX graph has no Conv/Gemm reading {wname}; "
                 "export a model whose layers are nn.Conv2d/nn.Linear modules called once"
@@ -422,6 +423,150 @@ def agreement(evaluator: Evaluator, policy: Policy, proto: Any, split: str = "te
     return Agreement(n, float((fq == ort_pred).mean()), float((ort_pred == y).mean()), float((fq == y).mean()))
 
 
+# ----------------------------------------------------------------------------- tensor by tensor
+@dataclass(frozen=True)
+class TensorDiff:
+    """One quantized activation of the export (a ``QuantizeLinear``) against the evaluator's
+    integers of the same quantizer, over a split: how many elements differ and by how many
+    integer steps."""
+
+    tensor: str  #: the QuantizeLinear node, e.g. ``layer1.0.conv1/input`` or ``.../output``
+    elements: int
+    differing: int
+    max_steps: int  #: largest |ONNX Runtime - evaluator|, integer steps
+
+    @property
+    def fraction(self) -> float:
+        return self.differing / max(self.elements, 1)
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """:func:`compare_tensors`: top-1 agreement and every quantized tensor, in graph order."""
+
+    forced: bool  #: each evaluator quantizer was fed ONNX Runtime's integers (differences are local)
+    images: int
+    agreement: float  #: top-1, evaluator vs ONNX Runtime, under this comparison
+    tensors: list[TensorDiff]
+
+    @property
+    def first_differing(self) -> str | None:
+        return next((t.tensor for t in self.tensors if t.differing), None)
+
+    @property
+    def fraction(self) -> float:
+        """Share of all quantized elements whose integer differs."""
+        return sum(t.differing for t in self.tensors) / max(sum(t.elements for t in self.tensors), 1)
+
+    @property
+    def max_steps(self) -> int:
+        return max((t.max_steps for t in self.tensors), default=0)
+
+
+def _quantizer_nodes(proto: Any, evaluator: Evaluator) -> tuple[dict[str, str], dict[int, str], dict[int, str]]:
+    """The exported model's QuantizeLinear outputs and which evaluator quantizer each is:
+    ``({node name: output tensor}, {layer: node of its input}, {layer: node of its output})``."""
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    q_nodes = {n.name: n.output[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    by_weight = {}
+    for n in graph.node:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1:
+            w = n.input[1]  # the layer's own weight name (or its quantized/fp16 version)
+            for suffix in ("_dq", "_fp16"):
+                w = w.removesuffix(suffix)
+            by_weight[w] = n
+    inputs, outputs = {}, {}
+    for i, spec in enumerate(evaluator.layers):
+        node = by_weight.get(f"{spec.name}.weight")
+        dq = producer.get(node.input[0]) if node is not None else None
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            inputs[i] = q.name
+        if f"{spec.name}/output/QuantizeLinear" in q_nodes:
+            outputs[i] = f"{spec.name}/output/QuantizeLinear"
+    return q_nodes, inputs, outputs
+
+
+def compare_tensors(evaluator: Evaluator, policy: Policy, proto: Any, split: str = "test", forced: bool = True,
+                    batch_size: int = 128) -> TensorComparison:
+    """Every quantized activation of the exported model ``proto`` (ONNX Runtime) against the
+    evaluator's integers of the same quantizer, element by element, on ``split``.
+
+    ``forced``: each evaluator quantizer (layer inputs, layer outputs, skip connections) is
+    fed ONNX Runtime's integers of that tensor, so a tensor's differences are made by the
+    ops between it and the quantized tensors before it only - a systematic mismatch (a
+    scale, zero point, clip, rounding rule, bias) shows as many differing elements in the
+    first tensor it touches, float summation order as rare one-step differences. Otherwise
+    both run free, and differences accumulate through the network. The evaluator runs eager
+    (its forward hooks), with the weights and parameters :meth:`Evaluator.apply` loads."""
+    import onnx
+
+    from haq.quant.graph import SkipQuant, output_quantizers
+    from haq.quant.qlayer import ActivationQuantizer
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    q_nodes, inputs, outputs = _quantizer_nodes(probe, evaluator)
+    zero_points = {t.name: t for t in probe.graph.initializer}
+    node_zero = {}
+    for n in probe.graph.node:
+        if n.op_type == "QuantizeLinear":
+            zp = zero_points[n.input[2]]
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(n.output[0], zp.data_type, None))
+            node_zero[n.name] = int(onnx.numpy_helper.to_array(zp).astype(np.int64))
+    names = list(q_nodes)
+    session = ort_session(probe)
+    evaluator.apply(np.asarray(policy.w_bits), np.asarray(policy.a_bits))
+    model = evaluator.qmodel
+    current: dict[str, np.ndarray] = {}
+    counts = {name: [0, 0, 0] for name in names}  # elements, differing, max steps
+
+    def hook(node: str, quantizer: ActivationQuantizer, record: bool = True) -> Any:
+        def pre(_module: nn.Module, args: tuple) -> tuple | None:
+            if quantizer.a_mode != "int" or node not in current:
+                return None
+            x = args[0]
+            theirs = current[node]
+            if record:  # the evaluator's own integers of this tensor
+                ours = torch.round(quantizer.quantize(x) / quantizer.a_scale).cpu().numpy().astype(np.int64)
+                d = np.abs(theirs - ours)
+                c = counts[node]
+                c[0], c[1], c[2] = c[0] + d.size, c[1] + int(np.count_nonzero(d)), max(c[2], int(d.max(initial=0)))
+            if not forced:
+                return None
+            return (torch.from_numpy(theirs.astype(np.float32)).to(x.device) * quantizer.a_scale, *args[1:])
+        return pre
+
+    handles = []
+    for i, node in inputs.items():
+        handles.append(evaluator.qlayers[i].register_forward_pre_hook(hook(node, evaluator.qlayers[i])))
+    for j, out in output_quantizers(model).items():
+        if j in outputs:
+            handles.append(out.register_forward_pre_hook(hook(outputs[j], out)))
+    for m in model.modules():
+        if isinstance(m, SkipQuant) and m.index in inputs:
+            # the same tensor as the layer's input: forced alike, counted once (by the layer)
+            handles.append(m.register_forward_pre_hook(hook(inputs[m.index], evaluator.qlayers[m.index], False)))
+    part = evaluator.data.split(split)
+    agree = 0
+    fmt = evaluator.memory_format
+    try:
+        with torch.inference_mode():
+            for k in range(0, len(part), batch_size):
+                x = part.x[k : k + batch_size]
+                outs = session.run(None, {session.get_inputs()[0].name: x.numpy().astype(np.float32)})
+                current.clear()
+                current.update({n: o.astype(np.int64) - node_zero[n] for n, o in zip(names, outs[1:], strict=True)})
+                ours = model(x.to(evaluator.device).contiguous(memory_format=fmt)).cpu().numpy()
+                agree += int((ours.argmax(1) == outs[0].argmax(1)).sum())
+    finally:
+        for h in handles:
+            h.remove()
+    rows = [TensorDiff(n.removesuffix("/QuantizeLinear"), *counts[n]) for n in names if counts[n][0]]
+    return TensorComparison(forced, len(part), agree / max(len(part), 1), rows)
+
+
 # ----------------------------------------------------------------------------- the entry point
 def resolve_policy_source(source: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(policy.json path, the run's config or {})`` of a run directory or a policy file."""
@@ -518,9 +663,11 @@ def export(
 
 
 # ----------------------------------------------------------------------------- measured latency
-def generated_data(input_shape: Sequence[int], classes: int = 10, images: int = 64, seed: int = 0) -> DataSplits:
+def generated_data(input_shape: Sequence[int], classes: int = 10, images: int = 64, seed: int = 0,
+                   test: int = 8) -> DataSplits:
     """Random normal images (and labels) for models without data: enough to calibrate an
-    export whose accuracy nobody reads (kernel time does not depend on the values)."""
+    export whose accuracy nobody reads (kernel time does not depend on the values);
+    ``images`` calibration images, 8 validation and ``test`` test images."""
     from haq.data import Split
 
     g = torch.Generator().manual_seed(seed)
@@ -529,7 +676,23 @@ def generated_data(input_shape: Sequence[int], classes: int = 10, images: int = 
     def split(n: int) -> Split:
         return Split(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g))
 
-    return DataSplits("generated", (shape[0], shape[1], shape[2]), classes, calib=split(images), val=split(8), test=split(8))
+    return DataSplits("generated", (shape[0], shape[1], shape[2]), classes, calib=split(images), val=split(8),
+                      test=split(test))
+
+
+def set_batchnorm_statistics(model: nn.Module, x: torch.Tensor) -> None:
+    """Set ``model``'s BatchNorm running statistics to those of images ``x`` (in place), as
+    training would: a randomly initialised network then normalises its activations like a
+    trained one (at initialisation MobileNetV2's logits are ~1e-9 apart, every top-1 a
+    float tie; with its activations normalised they are O(1))."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
 
 
 def latency_ms(model: Any, input_shape: Sequence[int], batch: int = 1, threads: int = 1, repeats: int = 30,

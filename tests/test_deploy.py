@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -10,8 +11,17 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from haq.data import DataSplits, Split
-from haq.deploy import agreement, build_qdq_model, check_model, export, ort_logits, ort_session
+from haq.deploy import (
+    agreement,
+    build_qdq_model,
+    check_model,
+    compare_tensors,
+    export,
+    generated_data,
+    ort_logits,
+    ort_session,
+    set_batchnorm_statistics,
+)
 from haq.layers import describe
 from haq.models import load_model
 from haq.policy import Policy
@@ -61,55 +71,58 @@ def test_onnx_runtime_agrees_with_fake_quant_on_the_test_split(workspaces, searc
     assert a.accuracy_gap_images <= 1
 
 
-def _random_splits(shape: tuple[int, int, int], n: int, classes: int, seed: int) -> DataSplits:
-    g = torch.Generator().manual_seed(seed)
+def _random_workspace(arch: str, images: int) -> tuple[Evaluator, list]:
+    """As benchmarks/deploy_agreement.py: 64x64, random weights (seed 0), BatchNorm statistics
+    of 32 generated images, ``images`` generated test images, 1000 classes."""
+    torch.manual_seed(0)
+    loaded = load_model(arch, input_size=64)
+    data = generated_data(loaded.input_shape, classes=1000, images=32, seed=1, test=images)
+    set_batchnorm_statistics(loaded.module, data.calib.x)
+    layers = describe(loaded.module, loaded.input_shape)
+    return Evaluator(loaded.module, data, None, layers, compile=False), layers
 
-    def split(k: int) -> Split:
-        return Split(torch.randn(k, *shape, generator=g), torch.randint(0, classes, (k,), generator=g))
 
-    return DataSplits("generated", shape, classes, calib=split(32), val=split(8), test=split(n))
-
-
-def _set_batchnorm_statistics(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """BatchNorm running statistics of ``x``: at random initialisation MobileNetV2's logits
-    are ~1e-9 apart (every top-1 a float tie); with its activations normalised they are O(1),
-    as in a trained network."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
+def _float_noise_floor(ev: Evaluator, policy: Policy) -> float:
+    """Top-1 agreement of the evaluator with itself in the other memory format or in float64,
+    whichever is lower: what two float implementations of the same fake quant agree on."""
+    ref = ev.logits(policy.w_bits, policy.a_bits, "test").argmax(1)
+    x = ev.data.test.x
+    other = torch.contiguous_format if ev.memory_format == torch.channels_last else torch.channels_last
+    with torch.inference_mode():
+        fmt = copy.deepcopy(ev.qmodel).to(memory_format=other)(x.contiguous(memory_format=other)).argmax(1)
+        f64 = copy.deepcopy(ev.qmodel).double()(x.double()).argmax(1)
+    return min(float((fmt == ref).float().mean()), float((f64 == ref).float().mean()))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
-def test_torchvision_models_with_random_weights_follow_fake_quant_not_fp32(arch):
-    """Untrained networks are chaotic: a one-LSB rounding flip (ONNX Runtime and torch sum a
-    conv in different orders, so a value within ~1e-7 of a rounding boundary can land on
-    either side) grows to a changed top-1 on some images. Measured at 64x64, 300 images:
-    ResNet-18 96 % (uniform 8) and 94 % (mixed), MobileNetV2 91 % and 83 % top-1 agreement
-    with fake quant, against 80/28 % and 31/8 % between fake quant and fp32; trained models
-    agree on every image (test above)."""
-    torch.manual_seed(0)
-    loaded = load_model(arch, input_size=64)
-    data = _random_splits(loaded.input_shape, 100, 1000, seed=1)
-    _set_batchnorm_statistics(loaded.module, data.calib.x)
-    layers = describe(loaded.module, loaded.input_shape)
-    ev = Evaluator(loaded.module, data, None, layers, compile=False)
-    n = len(layers)
-    fp32 = ev.logits([32] * n, [32] * n, "test").argmax(1).numpy()
+def test_torchvision_models_with_random_weights_compute_what_onnx_runtime_computes(arch):
+    """Teacher-forced (each evaluator quantizer fed ONNX Runtime's integers of its tensor),
+    the evaluator and the exported model agree on the top-1 of every image and on every
+    quantized element but at most 1 in 230,000, which differ by one step (float summation
+    order at a rounding boundary): no systematic mismatch. Free-running, untrained networks
+    amplify those few one-step differences (ResNet-18 uniform 8: 5e-6 of conv1's outputs
+    differ, 40 % of the classifier's inputs) into changed top-1s on images with near-tied
+    logits. Measured at 64x64, 300 generated images (benchmarks/deploy_agreement.py):
+    ResNet-18 97.0 % (uniform 8) / 95.0 % (mixed), MobileNetV2 91.3 % / 86.0 % top-1
+    agreement - the issue's 99 % is not reached, and cannot be by a float evaluator: the
+    evaluator agrees with itself in the other memory format (another summation order) on
+    94.3 / 93.0 / 95.0 / 86.0 % and in float64 on 97.7 / 95.3 / 90.0 / 76.3 %. Trained models
+    agree on every image (test above). Asserted: forced >= 99 % with one-step local
+    differences only; free-running within twice the noise floor's disagreement (+1 point)."""
+    ev, layers = _random_workspace(arch, 100)
     rng = np.random.default_rng(0)
-    mixed = Policy.from_bits(layers, rng.choice([4, 6, 8], n), rng.choice([6, 8], n))
+    mixed = Policy.from_bits(layers, rng.choice([4, 6, 8], len(layers)), rng.choice([6, 8], len(layers)))
     for policy in (Policy.uniform(layers, 8), mixed):
         proto, _, _ = build_qdq_model(ev, policy)
         check_model(proto)
-        a = agreement(ev, policy, proto, "test")
-        fq = ev.logits(policy.w_bits, policy.a_bits, "test").argmax(1).numpy()
-        assert a.agreement >= 0.75
-        assert 1 - a.agreement <= (1 - float((fq == fp32).mean())) / 2
+        forced = compare_tensors(ev, policy, proto, "test", forced=True)
+        assert forced.agreement >= 0.99
+        assert forced.max_steps == 1 and forced.fraction <= 1e-4
+        free = compare_tensors(ev, policy, proto, "test", forced=False)
+        worse_floor = 1 - _float_noise_floor(ev, policy)
+        assert 1 - free.agreement <= 2 * worse_floor + 0.01
+        assert free.agreement >= 0.75
 
 
 def test_containers_follow_the_bits_and_float_layers_stay_float(workspaces):
@@ -221,3 +234,67 @@ def test_verify_puts_measured_latency_beside_the_cpu_prediction(tmp_path, worksp
     assert out["rows"][0]["searched_ms"] == 0.03 and out["threads"] == 1
     other = run_cli("verify", str(tmp_path), "--threads", "1")
     assert other.returncode == 2 and "no policy.json" in other.stderr
+
+
+def test_activation_quantizer_rounds_half_steps_as_onnx_runtime_quantize_linear():
+    """ONNX Runtime divides by the scale; a float32 reciprocal (torch's fake quant) puts some
+    values near half steps on the other side."""
+    from onnx import helper, numpy_helper
+
+    from haq.quant.qlayer import ActivationQuantizer
+    from haq.quant.quantizers import activation_params
+
+    s, z, qmin, qmax = activation_params(-0.37, 2.9, 8, "asymmetric")
+    s32 = np.float32(s)
+    steps = torch.arange(qmin - z - 2, qmax - z + 2, dtype=torch.float64) + 0.5
+    x = (steps[None, :] * float(s32) * (1 + torch.linspace(-3e-7, 3e-7, 13, dtype=torch.float64)[:, None])).float()
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])], "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, list(x.shape))],
+        [numpy_helper.from_array(np.array(s32), "s"), numpy_helper.from_array(np.array(z, np.uint8), "z")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    ort_q = ort_session(proto).run(None, {"x": x.numpy()})[0].astype(np.float32) - z
+    quantizer = ActivationQuantizer()
+    quantizer.set_activation((s, z, qmin, qmax))
+    ours = torch.round(quantizer.quantize(x) / float(s32)).numpy()
+    assert np.array_equal(ours, ort_q)
+    reciprocal = torch.fake_quantize_per_tensor_affine(x, float(s32), int(z), int(qmin), int(qmax))
+    assert not torch.equal(torch.round(reciprocal / float(s32)), torch.from_numpy(ort_q))  # the old rule differs
+
+
+def test_tensor_comparison_points_at_the_tensor_of_a_systematic_mismatch(workspaces):
+    ev, layers = workspaces["digits-resnet"]
+    policy = Policy.uniform(layers, 8)
+    proto, _, _ = build_qdq_model(ev, policy)
+    clean = compare_tensors(ev, policy, proto, "test", forced=True)
+    assert clean.agreement == 1.0 and clean.max_steps <= 1 and clean.fraction <= 1e-4
+    target = f"{layers[3].name}/input"
+    q = next(n for n in proto.graph.node if n.name == f"{target}/QuantizeLinear")
+    scale = next(t for t in proto.graph.initializer if t.name == q.input[1])
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(1.03), scale.name))
+    bad = compare_tensors(ev, policy, proto, "test", forced=True)
+    first = next(t for t in bad.tensors if t.fraction > 1e-3)  # the first systematic difference
+    assert first.tensor == target and first.fraction > 0.05
+
+
+def test_layers_with_equal_weights_export_each_with_its_own_quantizers():
+    """The ONNX exporter shares equal initializers (zero-initialised residual branches, tied
+    layers) through Identity nodes; each layer is still found and quantized."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10),
+    ).eval()
+    with torch.no_grad():
+        model[4].weight.copy_(model[2].weight)
+        model[4].bias.copy_(model[2].bias)
+    data = generated_data((3, 8, 8), classes=10, images=32, seed=1, test=64)
+    layers = describe(model, data.input_shape)
+    ev = Evaluator(model, data, None, layers, compile=False)
+    policy = Policy.from_bits(layers, [8, 8, 4, 8], [8, 8, 6, 8])
+    proto, quantized, _ = build_qdq_model(ev, policy)
+    check_model(proto)
+    assert {q.layer for q in quantized if q.role == "weight"} == {s.name for s in layers}
+    assert agreement(ev, policy, proto, "test").agreement == 1.0

@@ -98,7 +98,7 @@ def test_activation_error_is_at_most_half_a_step_inside_the_range(bits, mode):
 
 
 @pytest.mark.parametrize("mode", ["asymmetric", "symmetric", "unsigned"])
-def test_quant_layer_matches_torch_fake_quant_exactly_and_is_the_identity_in_float(mode):
+def test_quant_layer_quantizes_as_quantize_dequantize_linear_and_is_the_identity_in_float(mode):
     conv = nn.Conv2d(3, 4, 3, padding=1)
     q = QuantLayer(conv)
     x = torch.randn(2, 3, 5, 5) * 3
@@ -108,7 +108,8 @@ def test_quant_layer_matches_torch_fake_quant_exactly_and_is_the_identity_in_flo
             s, z, qmin, qmax = activation_params(-4.0, 7.0, bits, mode)
             q.set_activation((s, z, qmin, qmax))
             s32 = float(torch.tensor(s, dtype=torch.float32))
-            ref = torch.fake_quantize_per_tensor_affine(x, s32, int(z), int(qmin), int(qmax))
+            # ONNX QuantizeLinear then DequantizeLinear: divide by the float32 scale, round half to even
+            ref = (torch.clamp(torch.round(x / s32) + z, qmin, qmax) - z) * s32
             assert torch.equal(q(x), conv._conv_forward(ref, q.weight, conv.bias))
         q.set_activation("half")  # 16 bits: float16, as half-precision hardware runs it
         assert torch.equal(q(x), conv(x.half().float()))

@@ -336,6 +336,11 @@ class Evaluator:
         return int(w_bits) < HALF_BITS and int(a_bits) < HALF_BITS
 
     @property
+    def memory_format(self) -> torch.memory_format:
+        """The memory format images are evaluated in (``torch.channels_last`` or contiguous)."""
+        return self._runner.memory_format
+
+    @property
     def execution(self) -> str:
         return self._runner.path
 

@@ -10,19 +10,24 @@ A :class:`QuantLayer` keeps every per-policy value in a place where changing it 
   the bias an integer runtime adds when weight and input are both integers: rounded to the
   int32 grid of ``input_scale * weight_scale`` per output channel (:func:`quantize_bias`;
   ONNX Runtime's QDQ kernels do exactly this), the float bias otherwise.
-* ``a_params`` - a ``(5,)`` float32 buffer ``[1/scale, scale, qmin - zero, qmax - zero, mode]``
+* ``a_params`` - a ``(4,)`` float32 buffer ``[scale, qmin - zero, qmax - zero, mode]``
   read by the compiled graph, so a new bitwidth changes tensor values only. ``mode`` is 0
   (float: the input is left alone, 32 bits), 1 (integer fake quant, 1-8 bits) or 2 (rounded
   to float16, 16 bits).
-* plain Python values (``a_mode``, ``a_inv_scale``, ...) read by the eager path, which skips
+* plain Python values (``a_mode``, ``a_scale``, ...) read by the eager path, which skips
   float layers entirely.
 
-Both paths compute ``clamp(round(x * (1/scale)), qmin - zero, qmax - zero) * scale`` in
-float32 with the same ``1/scale``: exactly ``torch.fake_quantize_per_tensor_affine``'s
-``(clamp(round(x / scale) + zero, qmin, qmax) - zero) * scale`` (the integers are exact in
-float32), so eager, compiled and torch's reference agree bit for bit. Eager runs it as four
-in-place vectorised passes: measured 9x faster on CPU than torch's fused kernel, which is
-not vectorised for channels-last tensors (7.1 vs 0.8 ms on a (359, 96, 4, 4) tensor).
+Both paths compute ``clamp(round(x / scale), qmin - zero, qmax - zero) * scale`` in float32,
+dividing by the float32 scale (IEEE division, rounding half to even): what ONNX Runtime's
+``QuantizeLinear`` computes (``saturate(round(x / scale) + zero)``) followed by its
+``DequantizeLinear`` (``(q - zero) * scale``), bit for bit - the integers are exact in
+float32. (``torch.fake_quantize_per_tensor_affine`` multiplies by a float32 ``1/scale``
+instead, which rounds some values within an ulp of a half step to the other side - rare in a
+network, but each is a one-step difference the deployed model does not have;
+tests/test_deploy.py checks both rules against ONNX Runtime on half steps.)
+Eager and compiled agree bit for bit. Eager runs it as four in-place vectorised passes:
+measured 9x faster on CPU than torch's fused kernel, which is not vectorised for
+channels-last tensors (7.1 vs 0.8 ms on a (359, 96, 4, 4) tensor).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 #: index of each activation parameter in ``QuantLayer.a_params``
-INV_SCALE, SCALE, LO, HI, MODE = range(5)
+SCALE, LO, HI, MODE = range(4)
 FLOAT_MODE, INT_MODE, HALF_MODE = 0.0, 1.0, 2.0
 
 
@@ -43,14 +48,14 @@ class ActivationQuantizer(nn.Module):
     """Per-tensor fake quantization of a tensor with swappable parameters (see the module
     docstring); starts off (float). :class:`QuantLayer` applies it to its input."""
 
-    a_params: torch.Tensor  #: (5,) see module docstring
+    a_params: torch.Tensor  #: (4,) see module docstring
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("a_params", torch.tensor([1.0, 1.0, 0.0, 255.0, 0.0]))
+        self.register_buffer("a_params", torch.tensor([1.0, 0.0, 255.0, 0.0]))
         # eager path: the same values as Python values (no tensor ops to read them)
         self.a_mode: str | None = None  # None (float), "int" or "half"
-        self.a_inv_scale, self.a_scale, self.a_lo, self.a_hi = 1.0, 1.0, 0.0, 255.0
+        self.a_scale, self.a_lo, self.a_hi = 1.0, 0.0, 255.0
 
     def set_activation(
         self, params: tuple[float, float, float, float] | Literal["half"] | None, packed: torch.Tensor | None = None
@@ -65,7 +70,7 @@ class ActivationQuantizer(nn.Module):
             self.a_params[MODE] = FLOAT_MODE if params is None else HALF_MODE
             return
         packed = pack_activation(params) if packed is None else packed
-        self.a_inv_scale, self.a_scale, self.a_lo, self.a_hi = (float(v) for v in packed[:MODE].tolist())
+        self.a_scale, self.a_lo, self.a_hi = (float(v) for v in packed[:MODE].tolist())
         self.a_mode = "int"
         self.a_params.copy_(packed)
 
@@ -74,11 +79,11 @@ class ActivationQuantizer(nn.Module):
         if torch.compiler.is_compiling():
             # traced once: every policy-dependent value is a tensor, so no guard on bits
             p = self.a_params
-            q = torch.clamp(torch.round(x * p[INV_SCALE]), p[LO], p[HI]) * p[SCALE]
+            q = torch.clamp(torch.round(x / p[SCALE]), p[LO], p[HI]) * p[SCALE]
             h = x.to(torch.float16).to(x.dtype)
             return torch.where(p[MODE] == INT_MODE, q, torch.where(p[MODE] == HALF_MODE, h, x))
         if self.a_mode == "int":
-            return torch.mul(x, self.a_inv_scale).round_().clamp_(self.a_lo, self.a_hi).mul_(self.a_scale)
+            return torch.div(x, self.a_scale).round_().clamp_(self.a_lo, self.a_hi).mul_(self.a_scale)
         if self.a_mode == "half":
             return x.to(torch.float16).to(x.dtype)
         return x
@@ -161,12 +166,10 @@ class QuantAttention(nn.Module):
 
 
 def pack_activation(params: tuple[float, float, float, float]) -> torch.Tensor:
-    """``(scale, zero, qmin, qmax)`` as the ``(5,)`` float32 ``a_params`` row (quantizing on).
-
-    ``1/scale`` is computed in float32, as torch's fake-quant kernels do."""
+    """``(scale, zero, qmin, qmax)`` as the ``(4,)`` float32 ``a_params`` row (quantizing on);
+    the scale rounded to float32, as the exported model stores it."""
     scale, zero, qmin, qmax = params
-    s = torch.tensor(scale, dtype=torch.float32)
-    return torch.tensor([float(1.0 / s), float(s), qmin - zero, qmax - zero, INT_MODE], dtype=torch.float32)
+    return torch.tensor([scale, qmin - zero, qmax - zero, INT_MODE], dtype=torch.float32)
 
 
 def wrap_layers(model: nn.Module, names: Sequence[str]) -> list[QuantLayer]:
