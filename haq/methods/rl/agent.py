@@ -193,10 +193,11 @@ class HAQDDPG(DDPG):
             spends its capacity on that offset.
         device: torch device of the networks.
         threads: torch intra-op threads while the agent computes (see :func:`torch_threads`;
-            None leaves the process's setting). One thread by default: on an idle 2-core
-            machine two threads make one 64x300x300 product 1.6x faster, but as soon as
-            another process holds a core OpenMP's threads wait on each other and it is 14x
-            slower (measured); ``--option agent_threads=2`` on a dedicated machine.
+            None leaves the process's setting). One thread: on an idle 2-core machine two
+            threads make one 64x300x300 product 1.6x faster but a whole learned episode
+            slower (135 vs 103 ms: the many small ops pay for waking the second thread), and
+            as soon as another process holds a core OpenMP's threads wait on each other and
+            one product takes 14x longer (measured).
         fused_adam: Adam's fused kernel (one pass over each parameter instead of seven
             element-wise ops): the same update rule, its float results differ from the
             per-tensor implementation in the last bits.
