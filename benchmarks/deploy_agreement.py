@@ -29,7 +29,6 @@ floor beside it (it is below 99 %: see the README's "Ship it").
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import numpy as np
@@ -41,10 +40,10 @@ from haq.deploy import (
     agreement,
     build_qdq_model,
     compare_tensors,
-    generated_data,
+    float_noise_floor,
     ort_logits,
     ort_session,
-    set_batchnorm_statistics,
+    random_network,
 )
 from haq.layers import describe
 from haq.models import load_model
@@ -52,17 +51,6 @@ from haq.policy import Policy
 from haq.quant.evaluator import Evaluator
 
 EMBEDDED_TARGET, RANDOM_GOAL, FORCED_TARGET, LOCAL_FRACTION = 0.995, 0.99, 0.99, 1e-4
-
-
-def random_workspace(arch: str, images: int) -> tuple[Evaluator, list]:
-    """``arch`` at 64x64 with random weights (seed 0), BatchNorm statistics of 32 generated
-    calibration images, ``images`` generated test images, 1000 classes."""
-    torch.manual_seed(0)
-    loaded = load_model(arch, input_size=64)
-    data = generated_data(loaded.input_shape, classes=1000, images=32, seed=1, test=images)
-    set_batchnorm_statistics(loaded.module, data.calib.x)
-    layers = describe(loaded.module, loaded.input_shape)
-    return Evaluator(loaded.module, data, None, layers, compile=False), layers
 
 
 def mixed_policy(layers: list) -> Policy:
@@ -84,17 +72,6 @@ def ort_unoptimised(proto: object, x: torch.Tensor) -> np.ndarray:
     return ort_logits(session, x)
 
 
-def noise_floor(ev: Evaluator, policy: Policy) -> tuple[float, float]:
-    """Top-1 agreement of the evaluator with itself in the other memory format and in float64."""
-    ref = ev.logits(policy.w_bits, policy.a_bits, "test").argmax(1)
-    x = ev.data.test.x
-    other = torch.contiguous_format if ev.memory_format == torch.channels_last else torch.channels_last
-    with torch.inference_mode():
-        fmt = copy.deepcopy(ev.qmodel).to(memory_format=other)(x.contiguous(memory_format=other)).argmax(1)
-        f64 = copy.deepcopy(ev.qmodel).double()(x.double()).argmax(1)
-    return float((fmt == ref).float().mean()), float((f64 == ref).float().mean())
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100 generated images instead of 300")
@@ -113,7 +90,7 @@ def main() -> int:
         free = compare_tensors(ev, policy, proto, "test", forced=False)
         forced = compare_tensors(ev, policy, proto, "test", forced=True)
         acc = agreement(ev, policy, proto, "test")
-        floor = noise_floor(ev, policy) if random else None
+        floor = float_noise_floor(ev, policy) if random else None
         floor_s = f"{100 * floor[0]:.1f} / {100 * floor[1]:.1f} %" if floor else "-"
         print(f"{model:<24} {label:<10} {free.images:>6} {100 * free.agreement:>6.1f}% {100 * forced.agreement:>6.1f}% "
               f"{free.fraction:>10.1e} / {forced.fraction:.1e} {forced.max_steps:>8} {floor_s:>22} "
@@ -160,7 +137,7 @@ def main() -> int:
                            ("searched", searched)):
             row(name, label, ev, pol, random=False)
     for arch in ("resnet18", "mobilenet_v2"):
-        ev, layers = random_workspace(arch, images)
+        ev, layers = random_network(arch, images)
         for label, pol in (("uniform 8", Policy.uniform(layers, 8)), ("mixed", mixed_policy(layers))):
             row(f"{arch} 64x64 random", label, ev, pol, random=True)
     print(f"\ntargets: embedded free >= {100 * EMBEDDED_TARGET:.1f} % and accuracy within one image; forced >= "

@@ -73,17 +73,17 @@ def search_candidates(model: str, hardware: str, budget: str, method: str, seed:
             "n_val": ledger.split_size("val"), "n_test": ledger.split_size("test"), "candidates": rows}
 
 
-def chosen_test(run: dict[str, Any], rule: str) -> float:
-    """Test accuracy of the candidate ``rule`` returns (what :func:`haq.methods.base.choose` does)."""
+def chosen(run: dict[str, Any], rule: str) -> dict[str, Any]:
+    """The candidate ``rule`` returns (what :func:`haq.methods.base.choose` does), as its row."""
     rows = run["candidates"]
     if rule == "val":
-        return rows[0]["test"]
+        return rows[0]
     top = rows[:TOP_K]
     i, _ = rerank(rule, [r["val"] for r in top], [r["kl"] for r in top], [r["agreement"] for r in top], run["n_val"])
-    return top[i]["test"]
+    return top[i]
 
 
-def report(runs: list[dict[str, Any]], quick: bool) -> bool:
+def report(runs: list[dict[str, Any]]) -> bool:
     """Print the table and the verdict; True when the goal is met."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for run in runs:
@@ -96,9 +96,9 @@ def report(runs: list[dict[str, Any]], quick: bool) -> bool:
     for (method, model, hardware, budget), group in groups.items():
         mean_acc: dict[str, float] = {}
         for rule in SELECT_RULES:
-            accs = [chosen_test(run, rule) for run in group]
+            accs = [chosen(run, rule)["test"] for run in group]
             oracle = [max(r["test"] for r in run["candidates"]) for run in group]
-            val = [_chosen_val(run, rule) for run in group]
+            val = [chosen(run, rule)["val"] for run in group]
             mean_acc[rule] = statistics.mean(accs)
             gap = statistics.mean(o - a for o, a in zip(oracle, accs, strict=True))
             gaps[rule].append(gap)
@@ -136,18 +136,9 @@ def _compact(groups: dict[tuple[str, str, str, str], list[dict[str, Any]]]) -> N
             if not group:
                 cells.append("-")
                 continue
-            acc = {r: statistics.mean(chosen_test(run, r) for run in group) for r in ("val", DEFAULT_SELECT)}
+            acc = {r: statistics.mean(chosen(run, r)["test"] for run in group) for r in ("val", DEFAULT_SELECT)}
             cells.append(f"{100 * acc[DEFAULT_SELECT]:.2f} ({100 * acc['val']:.2f})")
         print(f"| {prob[0]}, {prob[1]}, {prob[2].replace('=', ' ')} | " + " | ".join(cells) + " |")
-
-
-def _chosen_val(run: dict[str, Any], rule: str) -> float:
-    rows = run["candidates"]
-    if rule == "val":
-        return rows[0]["val"]
-    top = rows[:TOP_K]
-    i, _ = rerank(rule, [r["val"] for r in top], [r["kl"] for r in top], [r["agreement"] for r in top], run["n_val"])
-    return top[i]["val"]
 
 
 def main() -> int:
@@ -160,7 +151,7 @@ def main() -> int:
     ap.add_argument("--rescore", metavar="FILE", help="print the tables from a --save file, without searching")
     args = ap.parse_args()
     if args.rescore:
-        ok = report(json.loads(Path(args.rescore).read_text()), quick=False)
+        ok = report(json.loads(Path(args.rescore).read_text()))
         print("goal met" if ok else "goal missed")
         return 0 if ok else 1
     seeds = range(1 if args.quick else args.seeds)
@@ -182,7 +173,7 @@ def main() -> int:
                 if args.save:
                     Path(args.save).write_text(json.dumps(runs))
         print(f"# {model} {hardware} {budget}: done at {time.perf_counter() - t0:.0f} s", flush=True)
-    ok = report(runs, args.quick)
+    ok = report(runs)
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.quick:
         print("(quick mode: one seed and 24 evaluations - the goal is judged on the full run)")

@@ -695,6 +695,37 @@ def set_batchnorm_statistics(model: nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
+def random_network(arch: str, test_images: int, input_size: int = 64) -> tuple[Evaluator, list[LayerSpec]]:
+    """A torchvision classifier with random weights (torch seed 0) at ``input_size``, its
+    BatchNorm statistics set from 32 generated calibration images, ``test_images`` generated
+    test images, 1000 classes: the evaluator and layers the agreement checks use for models
+    nobody has weights or data for here."""
+    from haq.layers import describe
+    from haq.models import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model(arch, input_size=input_size)
+    data = generated_data(loaded.input_shape, classes=1000, images=32, seed=1, test=test_images)
+    set_batchnorm_statistics(loaded.module, data.calib.x)
+    layers = describe(loaded.module, loaded.input_shape)
+    return Evaluator(loaded.module, data, None, layers, compile=False), layers
+
+
+def float_noise_floor(evaluator: Evaluator, policy: Policy, split: str = "test") -> tuple[float, float]:
+    """Top-1 agreement of the evaluator's fake quant with itself run in the other memory format
+    and in float64: what two float implementations of the same fake quant agree on (the floor
+    for any comparison with an integer runtime)."""
+    import copy
+
+    ref = evaluator.logits(policy.w_bits, policy.a_bits, split).argmax(1)
+    x = evaluator.data.split(split).x
+    other = torch.contiguous_format if evaluator.memory_format == torch.channels_last else torch.channels_last
+    with torch.inference_mode():
+        fmt = copy.deepcopy(evaluator.qmodel).to(memory_format=other)(x.contiguous(memory_format=other)).argmax(1)
+        f64 = copy.deepcopy(evaluator.qmodel).double()(x.double()).argmax(1)
+    return float((fmt == ref).float().mean()), float((f64 == ref).float().mean())
+
+
 def latency_ms(model: Any, input_shape: Sequence[int], batch: int = 1, threads: int = 1, repeats: int = 30,
                warmup: int = 5) -> float:
     """Median end-to-end ONNX Runtime latency (ms) of ``model`` on one random batch, the

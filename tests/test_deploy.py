@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -17,10 +16,11 @@ from haq.deploy import (
     check_model,
     compare_tensors,
     export,
+    float_noise_floor,
     generated_data,
     ort_logits,
     ort_session,
-    set_batchnorm_statistics,
+    random_network,
 )
 from haq.layers import describe
 from haq.models import load_model
@@ -71,29 +71,6 @@ def test_onnx_runtime_agrees_with_fake_quant_on_the_test_split(workspaces, searc
     assert a.accuracy_gap_images <= 1
 
 
-def _random_workspace(arch: str, images: int) -> tuple[Evaluator, list]:
-    """As benchmarks/deploy_agreement.py: 64x64, random weights (seed 0), BatchNorm statistics
-    of 32 generated images, ``images`` generated test images, 1000 classes."""
-    torch.manual_seed(0)
-    loaded = load_model(arch, input_size=64)
-    data = generated_data(loaded.input_shape, classes=1000, images=32, seed=1, test=images)
-    set_batchnorm_statistics(loaded.module, data.calib.x)
-    layers = describe(loaded.module, loaded.input_shape)
-    return Evaluator(loaded.module, data, None, layers, compile=False), layers
-
-
-def _float_noise_floor(ev: Evaluator, policy: Policy) -> float:
-    """Top-1 agreement of the evaluator with itself in the other memory format or in float64,
-    whichever is lower: what two float implementations of the same fake quant agree on."""
-    ref = ev.logits(policy.w_bits, policy.a_bits, "test").argmax(1)
-    x = ev.data.test.x
-    other = torch.contiguous_format if ev.memory_format == torch.channels_last else torch.channels_last
-    with torch.inference_mode():
-        fmt = copy.deepcopy(ev.qmodel).to(memory_format=other)(x.contiguous(memory_format=other)).argmax(1)
-        f64 = copy.deepcopy(ev.qmodel).double()(x.double()).argmax(1)
-    return min(float((fmt == ref).float().mean()), float((f64 == ref).float().mean()))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
 def test_torchvision_models_with_random_weights_compute_what_onnx_runtime_computes(arch):
@@ -110,7 +87,7 @@ def test_torchvision_models_with_random_weights_compute_what_onnx_runtime_comput
     94.3 / 93.0 / 95.0 / 86.0 % and in float64 on 97.7 / 95.3 / 90.0 / 76.3 %. Trained models
     agree on every image (test above). Asserted: forced >= 99 % with one-step local
     differences only; free-running within twice the noise floor's disagreement (+1 point)."""
-    ev, layers = _random_workspace(arch, 100)
+    ev, layers = random_network(arch, 100)
     rng = np.random.default_rng(0)
     mixed = Policy.from_bits(layers, rng.choice([4, 6, 8], len(layers)), rng.choice([6, 8], len(layers)))
     for policy in (Policy.uniform(layers, 8), mixed):
@@ -120,7 +97,7 @@ def test_torchvision_models_with_random_weights_compute_what_onnx_runtime_comput
         assert forced.agreement >= 0.99
         assert forced.max_steps == 1 and forced.fraction <= 1e-4
         free = compare_tensors(ev, policy, proto, "test", forced=False)
-        worse_floor = 1 - _float_noise_floor(ev, policy)
+        worse_floor = 1 - min(float_noise_floor(ev, policy))
         assert 1 - free.agreement <= 2 * worse_floor + 0.01
         assert free.agreement >= 0.75
 
