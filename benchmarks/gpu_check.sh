@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a lent GPU (<= 8 minutes): prints the figures issue 10 asks for.
+# One command for a lent GPU (<= 7 minutes): prints the figures issue 10 asks for.
 #   1. benchmarks/real_model_scale.py on CUDA (ResNet-18/50, MobileNetV2 at 224);
 #   2. `haq profile --hardware gpu` of ResNet-50 and MobileNetV2 compared row by row with
 #      ../shared/reference/h100_layer_latency.csv (median ratio measured / H100 per precision,
@@ -17,12 +17,12 @@ export HAQ_CACHE_DIR=${HAQ_CACHE_DIR:-$PWD/.cache/haq} MPLBACKEND=Agg
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: this script needs a GPU')"
 "$PY" -c "import torch; print('card:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| CUDA', torch.version.cuda)"
 
-echo "== 1. real models on CUDA (timeout 240 s)"
-timeout 240 "$PY" benchmarks/real_model_scale.py --device cuda --images 500 --repeats 5 || echo "real_model_scale: exit $?"
+echo "== 1. real models on CUDA (timeout 170 s)"
+timeout 170 "$PY" benchmarks/real_model_scale.py --device cuda --images 500 --repeats 5 || echo "real_model_scale: exit $?"
 
-echo "== 2. haq profile --hardware gpu vs $REF (timeout 150 s)"
+echo "== 2. haq profile --hardware gpu vs $REF (timeout 120 s)"
 for m in resnet50 mobilenet_v2; do
-  timeout 75 "$HAQ" profile --hardware gpu --model "$m" --batch 1 --quiet --out "$OUT/$m-gpu.csv" || echo "profile $m: exit $?"
+  timeout 60 "$HAQ" profile --hardware gpu --model "$m" --batch 1 --quiet --out "$OUT/$m-gpu.csv" || echo "profile $m: exit $?"
 done
 "$PY" - "$OUT" "$REF" <<'PYEOF'
 import sys
@@ -47,12 +47,12 @@ for model in ("resnet50", "mobilenet_v2"):
             print(f"  {c}: median measured/H100 {ratio.median():.2f} (p10 {ratio.quantile(0.1):.2f}, p90 {ratio.quantile(0.9):.2f}, {len(ratio)} rows)")
 PYEOF
 
-echo "== 3. 100-episode RL search of ResNet-18 on a generated ImageFolder (timeout 150 s)"
+echo "== 3. 100-episode RL search of ResNet-18 on a generated ImageFolder (timeout 140 s)"
 DATA="$OUT/imagefolder"
 "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); from _imagefolder import make_imagefolder; from pathlib import Path; make_imagefolder(Path('$DATA'), 200, size=256)"
 rm -rf "$OUT/rl-run"
 start=$(date +%s.%N)
-timeout 150 "$HAQ" search --model resnet18 --data "imagefolder:$DATA" --hardware bitfusion --method rl --episodes 100 \
+timeout 140 "$HAQ" search --model resnet18 --data "imagefolder:$DATA" --hardware bitfusion --method rl --episodes 100 \
   --device cuda --quiet --out "$OUT/rl-run" > "$OUT/rl.log" 2>&1 || echo "rl search: exit $? (see $OUT/rl.log)"
 end=$(date +%s.%N)
 "$PY" - "$OUT/rl-run/history.csv" "$start" "$end" <<'PYEOF'

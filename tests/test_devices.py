@@ -11,6 +11,7 @@ import torch
 from haq.devices import resolve_device
 from haq.errors import ConfigError
 from haq.quant.evaluator import Evaluator
+from haq.quant.quantizers import quantize_weight, weight_integers
 from tests.conftest import run_cli
 
 CUDA = torch.cuda.is_available()
@@ -58,6 +59,31 @@ def test_cuda_evaluation_agrees_with_the_cpu_and_keeps_everything_on_the_device(
         assert abs(ev.evaluate(w, a) - mobilenet_evaluator.evaluate(w, a)) <= 2 / len(digits.val)
     assert all(q.weight.is_cuda for q in ev.qlayers)
     assert ev._device_weight(0, 4).is_cuda and not ev.quantized_weight(0, 4).is_cuda
+
+
+def test_weights_are_quantized_on_the_device_they_live_on():
+    # the meta device stands in for a GPU: any tensor made on the CPU by mistake fails here
+    w = torch.randn(8, 3, 3, 3, device="meta")
+    for bits in (1, 4, 8):
+        for mode in ("symmetric", "asymmetric", "power-of-two"):
+            assert quantize_weight(w, bits, mode).device == w.device
+            assert all(t.device == w.device for t in weight_integers(w, bits, mode))
+
+
+@needs_cuda
+def test_fidelity_on_cuda_matches_the_cpu(mobilenet, digits, mobilenet_evaluator):
+    ev = Evaluator(mobilenet.module, digits, device="cuda")
+    w = np.array([4, 8, 6] * 6)[: len(ev.layers)]
+    kl, agree = ev.fidelity(w, w)
+    kl_cpu, agree_cpu = mobilenet_evaluator.fidelity(w, w)
+    assert kl == pytest.approx(kl_cpu, rel=1e-2, abs=1e-5)
+    assert abs(agree - agree_cpu) <= 2 / ev.split_size("fidelity")
+
+
+@needs_cuda
+def test_cuda_computes_ieee_float32_not_tf32():
+    resolve_device("cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 @needs_cuda

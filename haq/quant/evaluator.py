@@ -63,6 +63,8 @@ class _Shared:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  #: where evaluations run
     #: each split's images and labels on ``device`` (only filled for a non-CPU device)
     on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: the fidelity set's images, part by part, on ``device`` (only filled for a non-CPU device)
+    fidelity_on_device: list[torch.Tensor] | None = None
     #: indices of layers whose module the model bypasses (reads its weight itself): their
     #: weights are quantized, their inputs stay float; None until checked
     functional: frozenset[int] | None = None
@@ -211,11 +213,11 @@ class Evaluator:
         ref = self._fp32_log_probs()
         self.apply(np.asarray(w_bits), np.asarray(a_bits))
         kl, agree, n = 0.0, 0, 0
-        for part, ref_lp in zip(self.data.fidelity_parts(), ref, strict=True):
-            lp = torch.log_softmax(self._runner.logits(part.x, self.batch_size).double(), dim=1)
+        for x, ref_lp in zip(self._fidelity_inputs(), ref, strict=True):
+            lp = torch.log_softmax(self._runner.logits(x, self.batch_size).double(), dim=1)
             kl += float((ref_lp.exp() * (ref_lp - lp)).sum())
             agree += int((lp.argmax(1) == ref_lp.argmax(1)).sum())
-            n += len(part)
+            n += len(x)
         return kl / max(n, 1), agree / max(n, 1)
 
     def fidelities(self, policies: Sequence[tuple[Bits, Bits, QuantScheme]]) -> list[tuple[float, float]]:
@@ -233,8 +235,8 @@ class Evaluator:
             full = np.full(len(self.layers), FLOAT_BITS)
             self.apply(full, full)
             self._shared.fp32_log_probs = [
-                torch.log_softmax(self._runner.logits(part.x, self.batch_size).double(), dim=1)
-                for part in self.data.fidelity_parts()
+                torch.log_softmax(self._runner.logits(x, self.batch_size).double(), dim=1)
+                for x in self._fidelity_inputs()
             ]
         return self._shared.fp32_log_probs
 
@@ -456,6 +458,18 @@ class Evaluator:
             held = (part.x.to(self.device), part.y.to(self.device))
             self._shared.on_device[split] = held
         return held
+
+    def _fidelity_inputs(self) -> list[torch.Tensor]:
+        """The fidelity set's images, part by part ``(N_i, C, H, W)``, on the evaluator's
+        device (copied there once; the validation part is the one :meth:`_split_tensors` holds)."""
+        parts = self.data.fidelity_parts()
+        if self.device.type == "cpu":
+            return [p.x for p in parts]
+        if self._shared.fidelity_on_device is None:
+            self._shared.fidelity_on_device = [
+                self._split_tensors("val")[0] if p is self.data.val else p.x.to(self.device) for p in parts
+            ]
+        return self._shared.fidelity_on_device
 
     def _accuracy(self, split: str) -> float:
         x, y = self._split_tensors(split)

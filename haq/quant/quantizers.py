@@ -51,7 +51,7 @@ def weight_integers(
     if bits == 1:
         alpha = flat.abs().mean(dim=1, keepdim=True)
         q = torch.where(flat >= 0, 1.0, -1.0)
-        return q.reshape(w.shape), alpha.reshape(-1), torch.zeros(flat.shape[0])
+        return q.reshape(w.shape), alpha.reshape(-1), torch.zeros(flat.shape[0], device=flat.device)
     if mode == "asymmetric":
         lo = flat.min(dim=1, keepdim=True).values.clamp(max=0)
         hi = flat.max(dim=1, keepdim=True).values.clamp(min=0)
@@ -65,7 +65,7 @@ def weight_integers(
     if mode == "power-of-two":
         scale = torch.pow(2.0, torch.ceil(torch.log2(scale)))
     q = torch.clamp(torch.round(flat / scale), -qmax, qmax)
-    return q.reshape(w.shape), scale.reshape(-1), torch.zeros(flat.shape[0])
+    return q.reshape(w.shape), scale.reshape(-1), torch.zeros(flat.shape[0], device=flat.device)
 
 
 def activation_params(lo: float, hi: float, bits: int, mode: str = "asymmetric") -> tuple[float, float, float, float]:

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from haq.atomic import atomic_write_json
 from haq.cache import cache_dir, content_key
+from haq.devices import resolve_device
 from haq.errors import ConfigError, DataError, SearchError
 
 CACHE_FORMAT = "haq-hessian-traces/1"
@@ -284,6 +285,7 @@ def layer_traces(
     settings = settings or TraceSettings()
     batches = calibration_batches(x, y, settings)
     images = sum(len(b[1]) for b in batches)
+    device = resolve_device(device)
     work = copy.deepcopy(model).to(device)
     params = layer_weights(work, layer_names)  # errors before any hashing
     key = content_key({
