@@ -10,6 +10,12 @@ giga bit-operations (MACs x w_bits x a_bits / 1e9).
   products (the hot path every searcher calls), and the per-layer breakdown.
 * :class:`Cost` - what one policy costs.
 
+A table may also carry *switch costs* (the measured ``cpu`` model does): the time a runtime
+spends converting a tensor where an integer (8-bit weights and activations) layer meets a
+float one - quantize and re-layout on the way in, re-layout and dequantize on the way out.
+They are charged to the layer that reads the tensor, so a policy's cost is still a sum over
+layers, but a layer's share then depends on its producer's bits too.
+
 Size and BOPs do not depend on the hardware and are computed here, and only here.
 """
 
@@ -62,6 +68,12 @@ class CostTable:
     latency_ms: np.ndarray
     energy_mj: np.ndarray | None
     batch: int
+    #: ``(L, 2)`` ms: converting layer ``l``'s input into the integer domain (column 0: it runs
+    #: 8-bit, its producer does not) and out of it (column 1: the reverse); None = no switch costs
+    switch_ms: np.ndarray | None = None
+    #: ``(L,)`` index of the layer whose output layer ``l`` reads, -1 for the model's input
+    #: (a float tensor); needed with ``switch_ms``
+    producer: np.ndarray | None = None
     _rows: np.ndarray = field(init=False, repr=False, compare=False)
     _base: np.ndarray = field(init=False, repr=False, compare=False)
     _flat_lat: np.ndarray = field(init=False, repr=False, compare=False)
@@ -80,6 +92,20 @@ class CostTable:
         object.__setattr__(self, "_flat_lat", np.ascontiguousarray(self.latency_ms, dtype=np.float64).ravel())
         en = None if self.energy_mj is None else np.ascontiguousarray(self.energy_mj, dtype=np.float64).ravel()
         object.__setattr__(self, "_flat_en", en)
+        if self.switch_ms is not None:
+            if self.switch_ms.shape != (n, 2) or self.producer is None or self.producer.shape != (n,):
+                raise HardwareError(f"{self.hardware}: switch costs need switch_ms of shape {(n, 2)} and producer of shape {(n,)}")
+            if ((self.producer < -1) | (self.producer >= np.arange(n))).any():
+                raise HardwareError(f"{self.hardware}: a layer's producer must come before it (or be -1, the input)")
+
+    def switches(self, w_bits: np.ndarray, a_bits: np.ndarray) -> np.ndarray:
+        """Per-layer switch cost (ms) of one policy, ``(L,)``: zeros without switch costs.
+        A layer is integer when its weights and activations are both 8-bit."""
+        if self.switch_ms is None or self.producer is None:
+            return np.zeros(len(self))
+        q = (np.asarray(w_bits) == 8) & (np.asarray(a_bits) == 8)
+        qp = np.where(self.producer >= 0, q[self.producer], False)
+        return np.where(q & ~qp, self.switch_ms[:, 0], 0.0) + np.where(qp & ~q, self.switch_ms[:, 1], 0.0)
 
     def __len__(self) -> int:
         return len(self.layer_names)
@@ -87,23 +113,34 @@ class CostTable:
     def per_layer(self, w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-layer latency (ms) and energy (mJ or None) of one policy, shape ``(L,)``."""
         sw, sa = slots(w_bits), slots(a_bits)
-        lat = self.latency_ms[self._rows, sw, sa]
+        lat = self.latency_ms[self._rows, sw, sa] + self.switches(w_bits, a_bits)
         en = None if self.energy_mj is None else self.energy_mj[self._rows, sw, sa]
         return lat, en
 
     def options(self, key: str, w_bits: np.ndarray, a_bits: np.ndarray) -> np.ndarray:
         """``latency`` or ``energy`` of layer ``i`` at option ``k``: ``w_bits``/``a_bits`` of
-        shape ``(L, K)`` give a ``(L, K)`` table (an ILP's coefficients)."""
+        shape ``(L, K)`` give a ``(L, K)`` table (an ILP's coefficients). A switch cost
+        depends on two layers' choices, so latency options carry its bound instead: an 8-bit
+        option pays the switch into the integer domain, any other the switch out of it (a
+        layer pays at most one of the two), so a sum of options never underestimates
+        :meth:`cost` and a policy chosen within a budget from them is within it."""
         arr = self.latency_ms if key == "latency" else self.energy_mj
         if arr is None:
             raise HardwareError(f"{self.hardware} gives no per-layer {key}")
         rows = self._rows[:, None]
-        return np.asarray(arr[rows, slots(w_bits), slots(a_bits)], dtype=np.float64)
+        out = np.asarray(arr[rows, slots(w_bits), slots(a_bits)], dtype=np.float64)
+        if key == "latency" and self.switch_ms is not None and self.producer is not None:
+            q = (np.asarray(w_bits) == 8) & (np.asarray(a_bits) == 8)
+            leave = np.where(self.producer >= 0, self.switch_ms[:, 1], 0.0)[:, None]
+            out = out + np.where(q, self.switch_ms[:, :1], leave)
+        return out
 
     def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[float, float | None]:
         """Whole-model latency (ms) and energy (mJ or None) of one policy: the hot path."""
         idx = self._base + slots(w_bits) * NUM_SLOTS + slots(a_bits)
         lat = float(self._flat_lat.take(idx).sum())
+        if self.switch_ms is not None:
+            lat += float(self.switches(w_bits, a_bits).sum())
         en = None if self._flat_en is None else float(self._flat_en.take(idx).sum())
         return lat, en
 

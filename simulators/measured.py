@@ -20,10 +20,11 @@ import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from haq.atomic import atomic_write_json
+from haq.atomic import atomic_write_json, atomic_write_text
 from haq.bits import slot
 from haq.cache import cache_dir, content_key
 from haq.costs import CostTable
@@ -42,7 +43,16 @@ from haq.simulators.profile_csv import (
     shape_key,
     write_profile,
 )
-from haq.simulators.profiling import CPU_METHOD_DOC, CPU_METHOD_VERSION, profile_cpu, run_overhead_ns
+from haq.simulators.profiling import (
+    CPU_METHOD_DOC,
+    CPU_METHOD_VERSION,
+    SWITCH_COLUMNS,
+    producers,
+    profile_cpu,
+    profile_switches,
+    run_overhead_ns,
+    switch_key,
+)
 
 # --------------------------------------------------------------------------- table:PATH
 
@@ -244,7 +254,33 @@ class CpuProfileHardware:
         lat = table.latency_ms.copy()
         if len(layers):
             lat[0] += self.run_overhead_ms(batch)  # finite entries only change: NaN + x is NaN
-        return CostTable(table.hardware, table.layer_names, lat, table.energy_mj, table.batch)
+        return CostTable(table.hardware, table.layer_names, lat, table.energy_mj, table.batch,
+                         switch_ms=self.switch_ms(layers, batch), producer=producers(layers))
+
+    def switch_path(self, batch: int = 1) -> Path:
+        """The cached switch costs of this machine at ``batch``, beside the profile (the
+        profile CSV keeps its format)."""
+        return self.profile_path(batch).with_suffix(".switches.csv")
+
+    def switch_ms(self, layers: Sequence[LayerSpec], batch: int = 1) -> np.ndarray:
+        """``(L, 2)`` ms: each layer's input switched into / out of the integer domain
+        (:func:`~haq.simulators.profiling.profile_switches`), measured for the input shapes
+        the cache lacks and cached."""
+        path = self.switch_path(batch)
+        known = pd.DataFrame(columns=list(SWITCH_COLUMNS))
+        if path.is_file():
+            try:
+                known = pd.read_csv(path)[list(SWITCH_COLUMNS)]
+            except (ValueError, KeyError, pd.errors.ParserError):
+                known = pd.DataFrame(columns=list(SWITCH_COLUMNS))  # a damaged cache is re-measured
+        have = {tuple(r[: len(SWITCH_COLUMNS) - 2]): (r[-2], r[-1]) for r in known.itertuples(index=False)}
+        missing = [x for x in layers if switch_key(x, batch) not in have]
+        if missing:
+            new = profile_switches(missing, batch, self.repeats, self.warmup, self.threads)
+            known = new if not len(known) else pd.concat([known, new], ignore_index=True)
+            atomic_write_text(path, known.to_csv(index=False))
+            have.update({tuple(r[: len(SWITCH_COLUMNS) - 2]): (r[-2], r[-1]) for r in new.itertuples(index=False)})
+        return np.array([have[switch_key(x, batch)] for x in layers], dtype=np.float64).reshape(len(layers), 2)
 
     def run_overhead_ms(self, batch: int = 1) -> float:
         """The fixed cost of one ``InferenceSession.run`` on this machine (binding the input

@@ -56,8 +56,15 @@ execution). With one thread ONNX Runtime computes on the calling thread and the 
 that thread's CPU time (``time.thread_time_ns``: on a shared machine the time another
 process holds the core is not counted); with more threads it is wall time.
 
+Switches. Where an 8-bit layer reads a float layer's output, ONNX Runtime quantizes the
+tensor and transposes it to NHWC; where a float layer reads an 8-bit one, it transposes back
+and dequantizes. :func:`profile_switches` times both per input shape (same clock, same
+two-copy difference) and the cost table charges them to the reading layer whenever the
+policy switches there (:meth:`haq.costs.CostTable.switches`), the model's input counting as
+float: a uniform int8 model pays one, at its input.
+
 What the per-layer sum does not contain: pooling, residual adds beyond one element-wise op
-per layer, flatten, the model's input quantize and output dequantize.
+per layer, flatten, the output dequantize.
 ``benchmarks/cpu_profile_accuracy.py`` reports the sum against the measured whole model
 (fp32, and haq's uniform-int8 export) per model.
 """
@@ -382,6 +389,118 @@ def profile_cpu(
             ms = max(statistics.median(samples[key][(w, a)]), _MIN_NS) / 1e6
             rows.append({**base, "w_bits": w, "a_bits": a, "batch": batch, "latency_ms": ms})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- switches
+
+
+def producers(layers: Sequence[LayerSpec]) -> np.ndarray:
+    """``(L,)`` index of the layer whose output each layer reads, -1 for the model's input.
+
+    Layers run in execution order, so a layer reads the one before it, except that layers
+    sharing an input (equal ``input_group``: a ResNet block's first conv and its downsample)
+    all read what the first of them reads. Residual adds and pooling sit in between as float
+    or integer element-wise ops; what crosses precisions is the tensor between two layers."""
+    out = np.full(len(layers), -1, dtype=np.int64)
+    first_of: dict[int, int] = {}
+    for i, layer in enumerate(layers):
+        j = first_of.setdefault(layer.input_group, i)
+        out[i] = out[j] if j != i else i - 1
+    return out
+
+
+def switch_model(layer: LayerSpec, batch: int, direction: str, copies: int = 1) -> tuple[bytes, np.ndarray]:
+    """The ONNX model timed for a precision switch at ``layer``'s input, and its input.
+
+    ``enter``: the float NCHW tensor quantized to uint8 and transposed to NHWC, what ONNX
+    Runtime runs in front of a QLinearConv whose producer is float; ``leave``: the uint8 NHWC
+    tensor transposed back and dequantized, in front of a float layer whose producer is
+    integer. A linear layer's input is 2-d: quantize or dequantize only. ``copies``
+    independent copies read the one input (for the two-copy difference, as per layer)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    lin = layer.kind == "linear"
+    nchw = [batch * layer.in_hw[0], layer.in_channels] if lin else [batch, layer.in_channels, *layer.in_hw]
+    nhwc = nchw if lin else [nchw[0], nchw[2], nchw[3], nchw[1]]
+    s, z = "s", "z"
+    inits = [numpy_helper.from_array(np.array(_ACT_SCALE, np.float32), s),
+             numpy_helper.from_array(np.array(input_zero_point(layer), np.uint8), z)]
+    nodes, outputs = [], []
+    for c in range(copies):
+        if direction == "enter":
+            if lin:
+                nodes.append(helper.make_node("QuantizeLinear", ["x", s, z], [f"y{c}"]))
+            else:
+                nodes += [helper.make_node("QuantizeLinear", ["x", s, z], [f"q{c}"]),
+                          helper.make_node("Transpose", [f"q{c}"], [f"y{c}"], perm=[0, 2, 3, 1])]
+            outputs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.UINT8, nhwc))
+        else:
+            if lin:
+                nodes.append(helper.make_node("DequantizeLinear", ["x", s, z], [f"y{c}"]))
+            else:
+                nodes += [helper.make_node("Transpose", ["x"], [f"t{c}"], perm=[0, 3, 1, 2]),
+                          helper.make_node("DequantizeLinear", [f"t{c}", s, z], [f"y{c}"])]
+            outputs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.FLOAT, nchw))
+    x_type, x_shape = (TensorProto.FLOAT, nchw) if direction == "enter" else (TensorProto.UINT8, nhwc)
+    graph = helper.make_graph(nodes, f"{layer.name}_{direction}x{copies}",
+                              [helper.make_tensor_value_info("x", x_type, x_shape)], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="haq-profile")
+    model.ir_version = 10
+    x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+    if direction == "leave":
+        x = np.clip(np.round(x / _ACT_SCALE), 0, 255).astype(np.uint8)
+    return model.SerializeToString(), x
+
+
+SWITCH_COLUMNS = ("kind", "in_channels", "in_h", "in_w", "batch", "enter_ms", "leave_ms")
+
+
+def switch_key(layer: LayerSpec, batch: int) -> tuple:
+    """What a switch's cost depends on: the input tensor's shape (and 2-d or 4-d)."""
+    return ("linear" if layer.kind == "linear" else "conv", layer.in_channels, *layer.in_hw, int(batch))
+
+
+def profile_switches(
+    layers: Sequence[LayerSpec], batch: int = 1, repeats: int = 30, warmup: int = 3, threads: int | None = None,
+) -> pd.DataFrame:
+    """Time the precision switches (:func:`switch_model`) at every distinct input shape of
+    ``layers``, both directions, with the clock and two-copy difference of :func:`profile_cpu`.
+    Returns one row per shape, columns :data:`SWITCH_COLUMNS`."""
+    if repeats < 1 or warmup < 0:
+        raise HardwareError(f"repeats={repeats}, warmup={warmup}: use repeats >= 1 and warmup >= 0")
+    n = check_threads(threads)
+    first: dict[tuple, LayerSpec] = {}
+    for layer in layers:
+        first.setdefault(switch_key(layer, batch), layer)
+    runs = {}
+    for key, layer in first.items():
+        for direction in ("enter", "leave"):
+            pair = []
+            for copies in (1, 2):
+                blob, x = switch_model(layer, batch, direction, copies)
+                pair += [bound_run(ort_session(blob, n), {"x": x}), x]
+            runs[key, direction] = pair
+    clock = clock_for(n)
+    samples: dict[tuple, list[int]] = {k: [] for k in runs}
+    for rep in range(warmup + repeats):
+        for k, (one, x1, two, x2) in runs.items():
+            one()
+            two()
+            _touch(x1)
+            t0 = clock()
+            one()
+            t1 = clock()
+            _touch(x2)
+            t2 = clock()
+            two()
+            t3 = clock()
+            if rep >= warmup:
+                samples[k].append((t3 - t2) - (t1 - t0))
+    rows = []
+    for key in first:
+        enter, leave = (max(statistics.median(samples[key, d]), _MIN_NS) / 1e6 for d in ("enter", "leave"))
+        rows.append(dict(zip(SWITCH_COLUMNS, (*key, enter, leave), strict=True)))
+    return pd.DataFrame(rows, columns=list(SWITCH_COLUMNS))
 
 
 # --------------------------------------------------------------------------- end to end

@@ -17,7 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
-from haq.bits import slot
+from haq.bits import NUM_SLOTS, slot
+from haq.costs import CostTable
 from haq.deploy import check_end_to_end
 from haq.digits_models import DigitsMobileNet, DigitsResNet
 from haq.errors import HardwareError
@@ -33,7 +34,7 @@ from haq.simulators.measured import (
     profile_machine,
 )
 from haq.simulators.profile_csv import gemm_shape, read_profile, shape_key, write_profile
-from haq.simulators.profiling import CPU_PAIRS, layer_model, ort_session, profile_cpu
+from haq.simulators.profiling import CPU_PAIRS, layer_model, ort_session, producers, profile_cpu
 
 
 @pytest.fixture(autouse=True)
@@ -223,6 +224,66 @@ def test_cpu_profile_is_cached_and_a_second_call_measures_nothing(digits_layers)
                 assert first.latency_ms[i, slot(rec["w_bits"]), slot(rec["a_bits"])] == pytest.approx(
                     rec["latency_ms"] + (run_ms if i == 0 else 0.0), rel=1e-5
                 )
+
+
+def _switch_table(n: int = 4) -> CostTable:
+    lat = np.full((n, NUM_SLOTS, NUM_SLOTS), np.nan)
+    lat[:, slot(8), slot(8)], lat[:, slot(32), slot(32)] = 1.0, 2.0
+    switch = np.array([[0.1 * (i + 1), 0.01 * (i + 1)] for i in range(n)])
+    return CostTable("t", tuple(f"l{i}" for i in range(n)), lat, None, 1, switch_ms=switch,
+                     producer=np.arange(-1, n - 1))
+
+
+def test_a_switch_between_integer_and_float_layers_is_charged_to_the_reader():
+    t = _switch_table()
+    int8, fp32 = np.full(4, 8), np.full(4, 32)
+    assert t.cost(fp32, fp32)[0] == pytest.approx(8.0)  # the input is float: no switch
+    assert t.cost(int8, int8)[0] == pytest.approx(4.0 + 0.1)  # one, into int8 at the input
+    alt = np.array([8, 32, 8, 32])  # in at 0, out at 1, in at 2, out at 3
+    assert t.cost(alt, alt)[0] == pytest.approx(6.0 + 0.1 + 0.02 + 0.3 + 0.04)
+    assert t.per_layer(alt, alt)[0].sum() == pytest.approx(t.cost(alt, alt)[0])
+    w8a32 = np.array([8, 8, 8, 8]), np.array([8, 32, 32, 8])  # an 8-bit weight alone is not integer
+    lat = np.full((4, NUM_SLOTS, NUM_SLOTS), 1.0)
+    t2 = CostTable("t", t.layer_names, lat, None, 1, switch_ms=t.switch_ms, producer=t.producer)
+    assert t2.switches(*w8a32) == pytest.approx([0.1, 0.02, 0.0, 0.4])
+
+
+def test_ilp_options_bound_the_switches_so_a_budgeted_choice_stays_within_budget():
+    t = _switch_table(6)
+    w = np.tile(np.array([8, 32]), (6, 1))
+    opts = t.options("latency", w, w)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        k = rng.integers(0, 2, 6)
+        pol = w[np.arange(6), k]
+        assert opts[np.arange(6), k].sum() >= t.cost(pol, pol)[0] - 1e-12
+
+
+def test_switch_costs_need_a_producer_before_each_layer():
+    t = _switch_table()
+    with pytest.raises(HardwareError, match="producer"):
+        CostTable("t", t.layer_names, t.latency_ms, None, 1, switch_ms=t.switch_ms, producer=np.array([-1, 2, 1, 2]))
+
+
+def test_producers_follow_execution_order_and_shared_inputs():
+    layers = describe(torchvision.models.resnet18(), (3, 32, 32))
+    prod = producers(layers)
+    names = [x.name for x in layers]
+    assert prod[0] == -1 and prod[1] == 0
+    down = names.index("layer2.0.downsample.0")
+    assert prod[down] == prod[names.index("layer2.0.conv1")] == names.index("layer2.0.conv1") - 1
+
+
+def test_cpu_measures_switch_costs_once_beside_an_unchanged_profile(digits_layers):
+    hw = CpuProfileHardware(threads=1, repeats=3, warmup=0)
+    t = hw.cost_table(digits_layers)
+    assert t.switch_ms is not None and t.switch_ms.shape == (len(digits_layers), 2)
+    assert (t.switch_ms > 0).all() and (t.switch_ms < 0.1).all()  # ms: microseconds per switch here
+    assert set(read_profile(hw.profile_path(1)).rows.columns).isdisjoint({"enter_ms", "leave_ms"})
+    saved = hw.switch_path(1).read_bytes()
+    again = CpuProfileHardware(threads=1, repeats=3, warmup=0).cost_table(digits_layers)
+    np.testing.assert_array_equal(again.switch_ms, t.switch_ms)
+    assert hw.switch_path(1).read_bytes() == saved
 
 
 def test_cpu_profile_measures_only_the_new_shapes_of_another_model(digits_layers):
