@@ -291,6 +291,27 @@ def _touch(x: np.ndarray) -> None:
     np.bitwise_or.reduce(x.view(np.uint8), axis=None)
 
 
+def second_copy_ns(program: Sequence[Any], clock: Callable[[], int], hot: bool) -> int:
+    """One timed sample of ``program`` = ``(one, x1, two, x2)``, bound runs of a model with one
+    and with two copies and their inputs: the run of two minus the run of one (ns), so the
+    fixed cost of a ``run`` call cancels out. ``hot``: run both untimed first (the executor's
+    code and tables hot, as inside a model). Each input is read just before its run: inside
+    a model the layer before has just written it."""
+    one, x1, two, x2 = program
+    if hot:
+        one()
+        two()
+    _touch(x1)
+    t0 = clock()
+    one()
+    t1 = clock()
+    _touch(x2)
+    t2 = clock()
+    two()
+    t3 = clock()
+    return (t3 - t2) - (t1 - t0)
+
+
 def _overhead_model() -> bytes:
     from onnx import TensorProto, helper
 
@@ -362,20 +383,9 @@ def profile_cpu(
     for rep in range(total):
         for key, per_pair in zip(keys, programs, strict=True):
             for pair in CPU_PAIRS:
-                one, x1, two, x2 = per_pair[pair]
-                if hot[key]:  # the executor's code and tables hot, as inside a model
-                    one()
-                    two()
-                _touch(x1)  # the input in cache: inside a model the layer before just wrote it
-                t0 = clock()
-                one()
-                t1 = clock()
-                _touch(x2)
-                t2 = clock()
-                two()
-                t3 = clock()
-                if rep >= warmup:  # the second copy's time: no per-run overhead in it
-                    samples[key][pair].append((t3 - t2) - (t1 - t0))
+                ns = second_copy_ns(per_pair[pair], clock, hot[key])
+                if rep >= warmup:
+                    samples[key][pair].append(ns)
         if progress is not None:
             progress((rep + 1) * len(CPU_PAIRS), total * len(CPU_PAIRS), "layers")
     rows = []
@@ -483,19 +493,10 @@ def profile_switches(
     clock = clock_for(n)
     samples: dict[tuple, list[int]] = {k: [] for k in runs}
     for rep in range(warmup + repeats):
-        for k, (one, x1, two, x2) in runs.items():
-            one()
-            two()
-            _touch(x1)
-            t0 = clock()
-            one()
-            t1 = clock()
-            _touch(x2)
-            t2 = clock()
-            two()
-            t3 = clock()
+        for k, run in runs.items():
+            ns = second_copy_ns(run, clock, hot=True)
             if rep >= warmup:
-                samples[k].append((t3 - t2) - (t1 - t0))
+                samples[k].append(ns)
     rows = []
     for key in first:
         enter, leave = (max(statistics.median(samples[key, d]), _MIN_NS) / 1e6 for d in ("enter", "leave"))
