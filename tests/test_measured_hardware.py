@@ -34,7 +34,16 @@ from haq.simulators.measured import (
     profile_machine,
 )
 from haq.simulators.profile_csv import gemm_shape, read_profile, shape_key, write_profile
-from haq.simulators.profiling import CPU_PAIRS, layer_model, ort_session, producers, profile_cpu
+from haq.simulators.profiling import (
+    CPU_PAIRS,
+    layer_model,
+    llc_bytes,
+    ort_session,
+    producers,
+    profile_cpu,
+    stays_in_cache,
+    working_set_bytes,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -284,6 +293,18 @@ def test_cpu_measures_switch_costs_once_beside_an_unchanged_profile(digits_layer
     again = CpuProfileHardware(threads=1, repeats=3, warmup=0).cost_table(digits_layers)
     np.testing.assert_array_equal(again.switch_ms, t.switch_ms)
     assert hw.switch_path(1).read_bytes() == saved
+
+
+def test_a_model_whose_data_fits_in_half_the_last_level_cache_is_timed_hot(digits_layers, resnet50_layers):
+    mib = 2**20
+    assert stays_in_cache(digits_layers, 1, (32, 32), 32 * mib)
+    assert not stays_in_cache(resnet50_layers, 1, (32, 32), 32 * mib)  # 100 MB of fp32 weights
+    assert not stays_in_cache(digits_layers, 1, (32, 32), None)  # cache size unknown: timed cold
+    fp32 = sum(working_set_bytes(x, 1) for x in resnet50_layers)
+    int8 = sum(working_set_bytes(x, 1, (8, 8)) for x in resnet50_layers)
+    assert int8 == pytest.approx(fp32 / 4, rel=0.01)  # bytes per value 1 instead of 4 (biases stay float)
+    llc = llc_bytes()
+    assert llc is None or 2**20 <= llc <= 2**31
 
 
 def test_cpu_profile_measures_only_the_new_shapes_of_another_model(digits_layers):
