@@ -6,6 +6,15 @@
 #      and the card's name);
 #   3. a 100-episode RL search of ResNet-18 on a generated ImageFolder (episodes/s).
 # Usage (repo root, .venv set up): bash benchmarks/gpu_check.sh [OUT_DIR]
+# On a GPU machine with its own torch and no network (the lent H200: Python 3.12, torch 2.11),
+# carry haq's missing dependencies as wheels (gymnasium, farama-notifications,
+# stable-baselines3, xgboost-cpu, jsonschema and its referencing/rpds-py/specifications,
+# platformdirs, typer, click, pydantic and pydantic-core, annotated-types, typing-inspection,
+# typing-extensions) plus `pip wheel --no-deps .`, install them with
+# `pip install --no-index --no-deps --target /tmp/site`, export PYTHONPATH=/tmp/site, and run
+# with PYTHON=python3 and HAQ a wrapper that runs `python3 -P -c 'from haq.cli import main; main()'`
+# (-P: the repo's haq/ folder must not shadow the installed package). Run pytest from another
+# directory with --import-mode=append for the same reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
