@@ -53,6 +53,11 @@ class Cost:
         return {f: getattr(self, f) for f in COST_FIELDS.values()}
 
 
+def _integer(w_bits: np.ndarray, a_bits: np.ndarray) -> np.ndarray:
+    """Where a layer runs an integer kernel: 8-bit weights and 8-bit activations (any shape)."""
+    return (np.asarray(w_bits) == 8) & (np.asarray(a_bits) == 8)
+
+
 @dataclass(frozen=True)
 class CostTable:
     """Latency and energy of every layer at every bit pair, for one model on one hardware.
@@ -103,7 +108,7 @@ class CostTable:
         A layer is integer when its weights and activations are both 8-bit."""
         if self.switch_ms is None or self.producer is None:
             return np.zeros(len(self))
-        q = (np.asarray(w_bits) == 8) & (np.asarray(a_bits) == 8)
+        q = _integer(w_bits, a_bits)
         qp = np.where(self.producer >= 0, q[self.producer], False)
         return np.where(q & ~qp, self.switch_ms[:, 0], 0.0) + np.where(qp & ~q, self.switch_ms[:, 1], 0.0)
 
@@ -130,7 +135,7 @@ class CostTable:
         rows = self._rows[:, None]
         out = np.asarray(arr[rows, slots(w_bits), slots(a_bits)], dtype=np.float64)
         if key == "latency" and self.switch_ms is not None and self.producer is not None:
-            q = (np.asarray(w_bits) == 8) & (np.asarray(a_bits) == 8)
+            q = _integer(w_bits, a_bits)
             leave = np.where(self.producer >= 0, self.switch_ms[:, 1], 0.0)[:, None]
             out = out + np.where(q, self.switch_ms[:, :1], leave)
         return out

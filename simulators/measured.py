@@ -273,13 +273,13 @@ class CpuProfileHardware:
                 known = pd.read_csv(path)[list(SWITCH_COLUMNS)]
             except (ValueError, KeyError, pd.errors.ParserError):
                 known = pd.DataFrame(columns=list(SWITCH_COLUMNS))  # a damaged cache is re-measured
-        have = {tuple(r[: len(SWITCH_COLUMNS) - 2]): (r[-2], r[-1]) for r in known.itertuples(index=False)}
-        missing = [x for x in layers if switch_key(x, batch) not in have]
+        cached = {tuple(r[:-2]) for r in known.itertuples(index=False)}
+        missing = [x for x in layers if switch_key(x, batch) not in cached]
         if missing:
             new = profile_switches(missing, batch, self.repeats, self.warmup, self.threads)
             known = new if not len(known) else pd.concat([known, new], ignore_index=True)
             atomic_write_text(path, known.to_csv(index=False))
-            have.update({tuple(r[: len(SWITCH_COLUMNS) - 2]): (r[-2], r[-1]) for r in new.itertuples(index=False)})
+        have = {tuple(r[:-2]): (r[-2], r[-1]) for r in known.itertuples(index=False)}
         return np.array([have[switch_key(x, batch)] for x in layers], dtype=np.float64).reshape(len(layers), 2)
 
     def run_overhead_ms(self, batch: int = 1) -> float:

@@ -80,6 +80,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -277,8 +278,6 @@ def stays_in_cache(layers: Sequence[LayerSpec], batch: int, pair: tuple[int, int
 
 def llc_bytes() -> int | None:
     """Size of this machine's last-level data cache in bytes (Linux sysfs), or None if unknown."""
-    from pathlib import Path
-
     best: tuple[int, int] | None = None
     for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
@@ -466,24 +465,23 @@ def switch_model(layer: LayerSpec, batch: int, direction: str, copies: int = 1) 
     lin = layer.kind == "linear"
     nchw = [batch * layer.in_hw[0], layer.in_channels] if lin else [batch, layer.in_channels, *layer.in_hw]
     nhwc = nchw if lin else [nchw[0], nchw[2], nchw[3], nchw[1]]
-    s, z = "s", "z"
-    inits = [numpy_helper.from_array(np.array(_ACT_SCALE, np.float32), s),
-             numpy_helper.from_array(np.array(input_zero_point(layer), np.uint8), z)]
+    inits = [numpy_helper.from_array(np.array(_ACT_SCALE, np.float32), "s"),
+             numpy_helper.from_array(np.array(input_zero_point(layer), np.uint8), "z")]
     nodes, outputs = [], []
     for c in range(copies):
         if direction == "enter":
             if lin:
-                nodes.append(helper.make_node("QuantizeLinear", ["x", s, z], [f"y{c}"]))
+                nodes.append(helper.make_node("QuantizeLinear", ["x", "s", "z"], [f"y{c}"]))
             else:
-                nodes += [helper.make_node("QuantizeLinear", ["x", s, z], [f"q{c}"]),
+                nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], [f"q{c}"]),
                           helper.make_node("Transpose", [f"q{c}"], [f"y{c}"], perm=[0, 2, 3, 1])]
             outputs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.UINT8, nhwc))
         else:
             if lin:
-                nodes.append(helper.make_node("DequantizeLinear", ["x", s, z], [f"y{c}"]))
+                nodes.append(helper.make_node("DequantizeLinear", ["x", "s", "z"], [f"y{c}"]))
             else:
                 nodes += [helper.make_node("Transpose", ["x"], [f"t{c}"], perm=[0, 3, 1, 2]),
-                          helper.make_node("DequantizeLinear", [f"t{c}", s, z], [f"y{c}"])]
+                          helper.make_node("DequantizeLinear", [f"t{c}", "s", "z"], [f"y{c}"])]
             outputs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.FLOAT, nchw))
     x_type, x_shape = (TensorProto.FLOAT, nchw) if direction == "enter" else (TensorProto.UINT8, nhwc)
     graph = helper.make_graph(nodes, f"{layer.name}_{direction}x{copies}",
